@@ -1,0 +1,1 @@
+"""Durable store: notices, deliveries, attempts, audit; the registry; settings."""

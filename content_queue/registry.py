@@ -1,0 +1,296 @@
+"""The village, township and device registry (devices.yaml) as validated models.
+
+The file is loaded by :func:`load_registry`, which keeps line numbers so every
+problem names ``file:line:column``. Secrets are never in the file: endpoints
+name the environment variable that holds them (``*_env`` fields).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from content_queue.errors import NoticeError
+from content_queue.i18n import tr
+
+__all__ = [
+    "ENDPOINT_KINDS",
+    "County",
+    "Endpoint",
+    "EndpointKind",
+    "LedEndpoint",
+    "OfficialAccountEndpoint",
+    "QuietHours",
+    "Registry",
+    "RegistryFile",
+    "SpeakerEndpoint",
+    "Target",
+    "Township",
+    "TvFeedEndpoint",
+    "Village",
+    "VillageDefaults",
+    "WecomGroupEndpoint",
+    "load_registry",
+]
+
+EndpointKind = Literal["wecom_group", "wechat_official_account", "led", "speaker", "tv_feed"]
+ENDPOINT_KINDS: tuple[EndpointKind, ...] = (
+    "wecom_group",
+    "wechat_official_account",
+    "led",
+    "speaker",
+    "tv_feed",
+)
+
+Ident = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Letters, digits, '-', '_' or '.', at most 64 characters.",
+    ),
+]
+EnvVarName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Z][A-Z0-9_]{0,127}$",
+        description="Name of the environment variable that holds the secret (not the secret).",
+    ),
+]
+HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="24-hour HH:MM")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class QuietHours(_Model):
+    """Hours when routine broadcasts are held (e.g. 21:30-06:30); emergencies ignore them."""
+
+    start: HHMM
+    end: HHMM
+
+
+class VillageDefaults(_Model):
+    quiet_hours: QuietHours | None = None
+    voice: str | None = None
+
+
+class _EndpointBase(_Model):
+    id: Ident
+    name: str | None = None
+    enabled: bool = True
+
+
+class WecomGroupEndpoint(_EndpointBase):
+    """A village WeChat group reached through a WeCom group robot."""
+
+    kind: Literal["wecom_group"]
+    webhook_key_env: EnvVarName
+    format: Literal["markdown", "text"] = "markdown"
+    markdown_v2: bool = False
+    voice: bool = False
+
+
+class LedEndpoint(_EndpointBase):
+    """An LED board subscribing over MQTT."""
+
+    kind: Literal["led"]
+    device_id: Ident
+    encoding: Literal["gb2312", "gbk", "utf-8"] = "gb2312"
+    max_chars: int = Field(default=512, ge=8, le=10000)
+
+
+class SpeakerEndpoint(_EndpointBase):
+    """A loudspeaker (广播“村村响”) subscribing over MQTT."""
+
+    kind: Literal["speaker"]
+    device_id: Ident
+    zone: str | None = None
+
+
+class TvFeedEndpoint(_EndpointBase):
+    """The village's page on the cable-TV disclosure platform (pulled feed, optional push)."""
+
+    kind: Literal["tv_feed"]
+    ingest_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    ingest_secret_env: EnvVarName | None = None
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> TvFeedEndpoint:
+        if self.ingest_url and not self.ingest_secret_env:
+            raise ValueError(
+                "ingest_url needs ingest_secret_env (the environment variable holding the "
+                "HMAC secret) / 设置了 ingest_url 就必须设置 ingest_secret_env"
+            )
+        return self
+
+
+Endpoint = Annotated[
+    WecomGroupEndpoint | LedEndpoint | SpeakerEndpoint | TvFeedEndpoint,
+    Field(discriminator="kind"),
+]
+
+
+class OfficialAccountEndpoint(_EndpointBase):
+    """A township or county WeChat official account covering some villages."""
+
+    kind: Literal["wechat_official_account"] = "wechat_official_account"
+    app_id: Annotated[str, Field(pattern=r"^wx[0-9a-f]{16}$")]
+    app_secret_env: EnvVarName
+    mode: Literal["publish", "mass_send"] = "publish"
+    covers_townships: list[Ident] = Field(default_factory=list)
+    covers_villages: list[Ident] = Field(default_factory=list)
+
+
+class Village(_Model):
+    id: Ident
+    name: str = Field(min_length=1)
+    quiet_hours: QuietHours | None = None
+    voice: str | None = None
+    endpoints: list[Endpoint] = Field(default_factory=list)
+
+
+class Township(_Model):
+    id: Ident
+    name: str = Field(min_length=1)
+    villages: list[Village] = Field(default_factory=list)
+
+
+class County(_Model):
+    code: Annotated[str, Field(pattern=r"^\d{6}$", description="GB/T 2260 county code")]
+    name: str = Field(min_length=1)
+
+
+class RegistryFile(_Model):
+    """The whole devices.yaml document."""
+
+    version: Literal[1]
+    county: County
+    defaults: VillageDefaults = VillageDefaults()
+    townships: list[Township] = Field(min_length=1)
+    official_accounts: list[OfficialAccountEndpoint] = Field(default_factory=list)
+
+    @field_validator("townships")
+    @classmethod
+    def _nonempty(cls, value: list[Township]) -> list[Township]:
+        return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint a notice can reach, with where it sits in the county."""
+
+    endpoint_id: str
+    kind: EndpointKind
+    village_id: str | None
+    """None for official accounts, which serve several villages."""
+    township_id: str | None
+
+
+_ANY_ENDPOINT = WecomGroupEndpoint | LedEndpoint | SpeakerEndpoint | TvFeedEndpoint
+AnyEndpoint = _ANY_ENDPOINT | OfficialAccountEndpoint
+
+
+class Registry:
+    """Indexes over a validated :class:`RegistryFile` (built by :func:`load_registry`)."""
+
+    def __init__(self, doc: RegistryFile, *, source: Path | None = None) -> None:
+        self.doc = doc
+        self.source = source
+        self.townships: dict[str, Township] = {t.id: t for t in doc.townships}
+        self.villages: dict[str, Village] = {}
+        self.village_township: dict[str, str] = {}
+        self.endpoints: dict[str, AnyEndpoint] = {}
+        self.endpoint_village: dict[str, str | None] = {}
+        for township in doc.townships:
+            for village in township.villages:
+                self.villages[village.id] = village
+                self.village_township[village.id] = township.id
+                for ep in village.endpoints:
+                    self.endpoints[ep.id] = ep
+                    self.endpoint_village[ep.id] = village.id
+        self.official_accounts: dict[str, OfficialAccountEndpoint] = {}
+        for oa in doc.official_accounts:
+            self.official_accounts[oa.id] = oa
+            self.endpoints[oa.id] = oa
+            self.endpoint_village[oa.id] = None
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def endpoint(self, endpoint_id: str) -> AnyEndpoint | None:
+        return self.endpoints.get(endpoint_id)
+
+    def village_name(self, village_id: str) -> str:
+        village = self.villages.get(village_id)
+        return village.name if village else village_id
+
+    def quiet_hours(self, village_id: str) -> QuietHours | None:
+        village = self.villages.get(village_id)
+        if village and village.quiet_hours:
+            return village.quiet_hours
+        return self.doc.defaults.quiet_hours
+
+    def covered_villages(self, oa: OfficialAccountEndpoint) -> set[str]:
+        covered = set(oa.covers_villages)
+        for tid in oa.covers_townships:
+            covered.update(v.id for v in self.townships[tid].villages)
+        return covered
+
+    def resolve_villages(
+        self,
+        *,
+        villages: Iterable[str] = (),
+        townships: Iterable[str] = (),
+        county: bool = False,
+    ) -> list[str]:
+        """Turn a notice's targets into village ids (in registry order), or say what is unknown."""
+        villages, townships = list(villages), list(townships)
+        problems = [
+            tr("未知的村：{v}（请检查 devices.yaml 中的村 id）", "unknown village: {v}", v=v)
+            for v in villages
+            if v not in self.villages
+        ] + [
+            tr("未知的乡镇：{t}（请检查 devices.yaml 中的乡镇 id）", "unknown township: {t}", t=t)
+            for t in townships
+            if t not in self.townships
+        ]
+        if problems:
+            raise NoticeError(
+                tr("通知的发送对象有误", "the notice's targets are invalid"), details=problems
+            )
+        wanted: set[str] = set(villages)
+        for tid in townships:
+            wanted.update(v.id for v in self.townships[tid].villages)
+        if county:
+            wanted.update(self.villages)
+        return [vid for vid in self.villages if vid in wanted]
+
+    def targets_for(self, village_ids: Iterable[str]) -> list[Target]:
+        """Every enabled endpoint serving these villages, official accounts once each."""
+        chosen = set(village_ids)
+        out: list[Target] = []
+        for vid in self.villages:
+            if vid not in chosen:
+                continue
+            for ep in self.villages[vid].endpoints:
+                if ep.enabled:
+                    out.append(Target(ep.id, ep.kind, vid, self.village_township[vid]))
+        for oa in self.official_accounts.values():
+            if oa.enabled and self.covered_villages(oa) & chosen:
+                out.append(Target(oa.id, oa.kind, None, None))
+        return out
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def load_registry(path: Path | str) -> Registry:
+    """Load and validate devices.yaml; raises RegistryError naming file:line:column."""
+    from content_queue._registry_loader import load  # local: keeps YAML out of light imports
+
+    return load(Path(path))

@@ -1,0 +1,119 @@
+"""One settings object for the whole system, read from VILLAGECAST_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from content_queue.errors import ConfigError
+from content_queue.i18n import tr
+
+__all__ = ["Settings", "get_settings", "reset_settings"]
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("villagecast", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Secrets never live here: endpoints name the env var holding them."""
+
+    model_config = SettingsConfigDict(env_prefix="VILLAGECAST_", extra="forbid")
+
+    home: Path = Field(default_factory=_default_home)
+    """Data directory: the SQLite store, the embedded broker, generated feeds."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL of the store; default SQLite (WAL) under ``home``."""
+
+    broker_url: str | None = None
+    """Celery broker; default the embedded SQLAlchemy/SQLite broker under ``home``."""
+
+    devices: Path = Path("devices.yaml")
+    """The village and device registry."""
+
+    lang: str | None = None
+
+    # Delivery policy. Defaults suit a county; tests shrink them.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    """How long a worker may hold a delivery before the sweeper assumes it died."""
+    redoorbell_seconds: float = Field(default=60.0, gt=0)
+    """A pending delivery not picked up this long after its doorbell is rung again."""
+    sweep_interval: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1, le=50)
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_cap_seconds: float = Field(default=900.0, gt=0)
+    """Backoff cap; kept well below Redis' 3600 s visibility timeout."""
+    batch_size: int = Field(default=25, ge=1, le=1000)
+    """Deliveries of one channel kind carried by one Celery task."""
+    worker_concurrency: int = Field(default=2, ge=1, le=64)
+
+    feed_host: str = "127.0.0.1"
+    feed_port: int = Field(default=8765, ge=0, le=65535)
+    feed_base_url: str | None = None
+    """Public base URL of the feeds (for links inside them); default http://host:port."""
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'villagecast.sqlite'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.sqlite'}"
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.resolved_broker_url.startswith("sqla+")
+
+    @property
+    def feeds_dir(self) -> Path:
+        return self.home / "feeds"
+
+    @property
+    def resolved_feed_base_url(self) -> str:
+        return (self.feed_base_url or f"http://{self.feed_host}:{self.feed_port}").rstrip("/")
+
+    def ensure_home(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.feeds_dir.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def _cached(pid: int, env_key: tuple[tuple[str, str], ...]) -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            tr(
+                "环境变量 VILLAGECAST_{name}：{msg}",
+                "environment variable VILLAGECAST_{name}: {msg}",
+                name=".".join(str(p) for p in err["loc"]).upper(),
+                msg=err["msg"],
+            )
+            for err in exc.errors()
+        ]
+        raise ConfigError(
+            tr("配置有误，请检查以下环境变量", "the configuration is invalid"),
+            details=problems,
+        ) from None
+
+
+def get_settings() -> Settings:
+    """Settings for this process, re-read whenever a VILLAGECAST_* variable changes."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("VILLAGECAST_")))
+    return _cached(os.getpid(), key)
+
+
+def reset_settings() -> None:
+    _cached.cache_clear()

@@ -1,0 +1,1 @@
+"""The Celery app, the planner, thin delivery tasks, the sweeper."""
