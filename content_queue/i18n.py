@@ -60,8 +60,13 @@ class Text:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def render(self, lang: Lang | None = None) -> str:
-        template = self.zh if (lang or current_lang()) == "zh" else self.en
-        return template.format(**self.params) if self.params else template
+        lang = lang or current_lang()
+        template = self.zh if lang == "zh" else self.en
+        if not self.params:
+            return template
+        # Nested texts (a vendor reason inside "gave up after N attempts: ...") follow suit.
+        params = {k: v.render(lang) if isinstance(v, Text) else v for k, v in self.params.items()}
+        return template.format(**params)
 
     def __str__(self) -> str:
         return self.render()

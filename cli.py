@@ -1,0 +1,853 @@
+"""villagecast's command line: enter a notice once, watch it reach every channel.
+
+Heavy modules (Celery, SQLAlchemy, feed rendering) are imported inside the commands,
+so ``villagecast --help`` stays fast on an old laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from typer.core import TyperGroup
+
+from content_queue.errors import VillagecastError
+from content_queue.i18n import Lang, current_lang, detect_lang, set_lang, tr
+
+if TYPE_CHECKING:
+    from content_queue.settings import Settings
+    from content_queue.store import DeliveryView, NoticeView, Store
+
+__all__ = ["app", "main"]
+
+_HELP_LANG: Lang = detect_lang()
+
+
+def h(zh: str, en: str) -> str:
+    """Help text in the language chosen by the environment (help is built at import time)."""
+    return zh if _HELP_LANG == "zh" else en
+
+
+class _Group(TyperGroup):
+    """Turns every VillagecastError into one clear sentence and an exit status."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VillagecastError as exc:
+            typer.secho(exc.render(), err=True, fg="red")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.secho(tr("已中断", "interrupted").render(), err=True, fg="yellow")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            # typer's own control flow (Exit, Abort, usage errors) passes through untouched.
+            if type(exc).__module__.startswith(("typer", "click")):
+                raise
+            _crash(exc)
+
+
+def _crash(exc: BaseException) -> NoReturn:
+    """An unexpected error: one sentence for the user, the traceback to a log file."""
+    log_hint = ""
+    try:
+        from content_queue.settings import get_settings
+
+        path = get_settings().home / "logs" / "crash.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- {datetime.now().isoformat()} {' '.join(sys.argv)}\n")
+            fh.write("".join(traceback.format_exception(exc)))
+        log_hint = str(path)
+    except Exception:
+        log_hint = "-"
+    if os.environ.get("VILLAGECAST_DEBUG"):
+        traceback.print_exception(exc)
+    typer.secho(
+        tr(
+            "内部错误（{e}）。详细信息已写入 {log}，请把它发给技术支持。",
+            "internal error ({e}). Details were written to {log}; please send it to support.",
+            e=type(exc).__name__,
+            log=log_hint,
+        ).render(),
+        err=True,
+        fg="red",
+    )
+    raise typer.Exit(70)
+
+
+def _typer(help_zh: str, help_en: str) -> typer.Typer:
+    return typer.Typer(
+        cls=_Group,
+        help=h(help_zh, help_en),
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
+
+
+app = _typer(
+    "villagecast：通知录入一次，自动发到村微信群、公众号、LED 屏、广播和电视公开平台。",
+    "villagecast: enter a notice once; it reaches WeChat groups, official accounts, "
+    "LED boards, loudspeakers and the TV disclosure platform.",
+)
+notice_app = _typer("录入和查看通知", "add and inspect notices")
+devices_app = _typer("检查 devices.yaml（村、乡镇和设备登记）", "check devices.yaml")
+app.add_typer(notice_app, name="notice")
+app.add_typer(devices_app, name="devices")
+
+
+@app.callback()
+def _root(
+    lang: Annotated[
+        str | None,
+        typer.Option("--lang", help=h("界面语言：zh 或 en", "interface language: zh or en")),
+    ] = None,
+) -> None:
+    if lang is not None:
+        if lang not in ("zh", "en"):
+            raise typer.BadParameter(h("只能是 zh 或 en", "must be zh or en"), param_hint="--lang")
+        set_lang("zh" if lang == "zh" else "en")
+        os.environ["VILLAGECAST_LANG"] = lang
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    from content_queue.settings import get_settings
+
+    return get_settings()
+
+
+def _store(settings: Settings) -> Store:
+    from dispatcher.service import open_store
+
+    return open_store(settings)
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def _ts(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    from content_queue.models import local_tz
+
+    return value.astimezone(local_tz()).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.strip().replace(" ", "T", 1))
+    except ValueError:
+        from content_queue.errors import NoticeError
+
+        raise NoticeError(
+            tr(
+                "{opt} 的时间格式不对：{v}（请写成 2026-12-01T08:00）",
+                "{opt}: not a valid time: {v} (write it like 2026-12-01T08:00)",
+                opt=option,
+                v=value,
+            )
+        ) from None
+
+
+def _label(mapping: dict[Any, Any], key: Any) -> str:
+    text = mapping.get(key)
+    return text.render() if text is not None else str(key)
+
+
+def delivery_json(d: DeliveryView, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": d.id,
+        "endpoint": d.endpoint_id,
+        "kind": d.kind,
+        "village": d.village_id,
+        "township": d.township_id,
+        "status": d.status,
+        "attempts": d.attempts,
+        "error": d.error(current_lang()),
+        "error_code": d.error_code,
+        "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+        "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+        "updated_at": d.updated_at.isoformat(),
+    }
+    if attempts is not None:
+        out["attempt_log"] = [
+            {
+                "number": a["number"],
+                "started_at": a["started_at"].isoformat(),
+                "finished_at": a["finished_at"].isoformat() if a["finished_at"] else None,
+                "outcome": a["outcome"],
+                "error_code": a["error_code"],
+                "error": a["error_zh"] if current_lang() == "zh" else a["error_en"],
+            }
+            for a in attempts
+        ]
+    return out
+
+
+def notice_json(n: NoticeView) -> dict[str, Any]:
+    return {
+        "id": n.id,
+        "title": n.title,
+        "body": n.body,
+        "category": n.category,
+        "priority": n.priority,
+        "targets": n.targets,
+        "channels": n.channels,
+        "table": n.table,
+        "publish_at": n.publish_at.isoformat(),
+        "expires_at": n.expires_at.isoformat() if n.expires_at else None,
+        "author": n.author,
+        "revision": n.revision,
+        "supersedes": n.supersedes_id,
+        "state": n.state,
+        "created_at": n.created_at.isoformat(),
+    }
+
+
+# -- notice ------------------------------------------------------------------------------
+
+
+@notice_app.command("add", help=h("录入一条通知并发往所有渠道", "queue a notice for every channel"))
+def notice_add(
+    title: Annotated[str, typer.Option("--title", help=h("标题", "title"))],
+    category: Annotated[
+        str,
+        typer.Option(
+            "--category",
+            help=h(
+                "类别：poverty_monitoring 防返贫监测, village_finance 村级财务, farm_subsidy "
+                "惠农补贴, social_insurance 社保医保, land_compensation 征地拆迁, party_affairs "
+                "党务, village_affairs 村务, meeting 会议, emergency 应急, other 其他",
+                "category: poverty_monitoring, village_finance, farm_subsidy, social_insurance, "
+                "land_compensation, party_affairs, village_affairs, meeting, emergency, other",
+            ),
+        ),
+    ],
+    body: Annotated[str | None, typer.Option("--body", help=h("正文", "body text"))] = None,
+    body_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--body-file", help=h("从文件读取正文（UTF-8）", "read the body from a UTF-8 file")
+        ),
+    ] = None,
+    village: Annotated[
+        list[str] | None,
+        typer.Option("--village", help=h("发往的村（可重复）", "target village (repeatable)")),
+    ] = None,
+    township: Annotated[
+        list[str] | None,
+        typer.Option("--township", help=h("发往整个乡镇（可重复）", "whole township (repeatable)")),
+    ] = None,
+    county: Annotated[
+        bool, typer.Option("--county", help=h("发往全县", "the whole county"))
+    ] = False,
+    channel: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--channel",
+            help=h(
+                "只发这些渠道：wecom_group, wechat_official_account, led, speaker, tv_feed",
+                "only these channels: wecom_group, wechat_official_account, led, speaker, tv_feed",
+            ),
+        ),
+    ] = None,
+    priority: Annotated[
+        str,
+        typer.Option(
+            "--priority",
+            help=h("routine 普通, important 重要, emergency 紧急", "routine, important, emergency"),
+        ),
+    ] = "routine",
+    publish_at: Annotated[
+        str | None,
+        typer.Option(
+            "--publish-at",
+            help=h("定时发布，如 2026-12-01T08:00", "publish later, e.g. 2026-12-01T08:00"),
+        ),
+    ] = None,
+    expires_at: Annotated[
+        str | None, typer.Option("--expires-at", help=h("失效时间", "expiry time"))
+    ] = None,
+    author: Annotated[str | None, typer.Option("--author", help=h("发布人", "author"))] = None,
+    table_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--table-file",
+            help=h("附带表格（CSV，首行为表头）", "attach a table (CSV, header row first)"),
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help=h("显示进度直到全部投递完成", "show progress until every delivery settles"),
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", help=h("--wait 最长等待秒数", "--wait gives up after this many seconds")
+        ),
+    ] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json", help=h("输出 JSON", "print JSON"))] = False,
+) -> None:
+    from content_queue.errors import NoticeError
+    from content_queue.models import build_notice
+    from dispatcher.service import registry_cache, submit_notice
+
+    if (body is None) == (body_file is None):
+        raise NoticeError(
+            tr(
+                "请用 --body 或 --body-file 给出正文（二选一）",
+                "give the body with --body or --body-file (one of them)",
+            )
+        )
+    if body_file is not None:
+        body = _read_text(body_file)
+    data: dict[str, Any] = {
+        "title": title,
+        "body": body,
+        "category": category,
+        "priority": priority,
+        "targets": {"villages": village or [], "townships": township or [], "county": county},
+        "channels": channel or None,
+        "publish_at": _parse_time(publish_at, "--publish-at"),
+        "expires_at": _parse_time(expires_at, "--expires-at"),
+        "author": author or os.environ.get("USER", ""),
+    }
+    if table_file is not None:
+        data["table"] = _read_table(table_file)
+    data = {k: v for k, v in data.items() if v is not None}
+    draft = build_notice(data)
+    settings = _settings()
+    registry = registry_cache.get(settings.devices)
+    store = _store(settings)
+    submitted = submit_notice(draft, store=store, registry=registry, ring=_ringer(settings))
+    n = submitted.notice
+    if as_json and not wait:
+        _echo_json(
+            {
+                **notice_json(n),
+                "deliveries": len(submitted.deliveries),
+                "queued": submitted.rung,
+                "warnings": [w.render() for w in submitted.warnings],
+            }
+        )
+        return
+    if not as_json:
+        _print_submitted(submitted)
+    if wait:
+        _wait(store, n.id, timeout=timeout, quiet=as_json)
+        if as_json:
+            _echo_json(
+                {
+                    **notice_json(n),
+                    "deliveries": [delivery_json(d) for d in store.deliveries(n.id)],
+                }
+            )
+
+
+def _read_text(path: Path) -> str:
+    from content_queue.errors import NoticeError
+
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NoticeError(tr("找不到文件 {p}", "file not found: {p}", p=path)) from None
+    except UnicodeDecodeError:
+        raise NoticeError(
+            tr(
+                "文件 {p} 不是 UTF-8 编码，请另存为 UTF-8 后再试",
+                "{p} is not UTF-8; save it as UTF-8 and try again",
+                p=path,
+            )
+        ) from None
+    except OSError as exc:
+        raise NoticeError(
+            tr("无法读取 {p}：{e}", "cannot read {p}: {e}", p=path, e=exc.strerror)
+        ) from None
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    import csv
+    import io
+
+    from content_queue.errors import NoticeError
+
+    rows = [r for r in csv.reader(io.StringIO(_read_text(path).lstrip("\ufeff"))) if any(r)]
+    if not rows:
+        raise NoticeError(tr("表格文件 {p} 是空的", "the table file {p} is empty", p=path))
+    return {"caption": None, "columns": rows[0], "rows": rows[1:]}
+
+
+def _ringer(settings: Settings) -> Any:
+    from dispatcher.doorbell import ring
+
+    def _ring(ids_by_kind: Any, countdown: float | None) -> object:
+        return ring(ids_by_kind, settings=settings, countdown=countdown)
+
+    return _ring
+
+
+def _print_submitted(submitted: Any) -> None:
+    from dispatcher.planner import KIND_LABELS
+
+    n = submitted.notice
+    by_kind = submitted.plan.by_kind()
+    parts = "，".join(f"{_label(KIND_LABELS, k)} {c}" for k, c in sorted(by_kind.items()))
+    typer.echo(
+        tr(
+            "已保存通知 #{id}「{title}」：{nv} 个村，共 {nd} 个投递（{parts}）",
+            'saved notice #{id} "{title}": {nv} village(s), {nd} deliveries ({parts})',
+            id=n.id,
+            title=n.title,
+            nv=len(submitted.plan.villages),
+            nd=len(submitted.deliveries),
+            parts=parts,
+        ).render()
+    )
+    skipped = [d for d in submitted.deliveries if d.status == "skipped"]
+    if skipped:
+        typer.secho(
+            tr(
+                "其中 {n} 个投递的渠道尚未上线，已跳过",
+                "{n} deliveries go to channels not built yet and were skipped",
+                n=len(skipped),
+            ).render(),
+            fg="yellow",
+        )
+    if n.publish_at > datetime.now(n.publish_at.tzinfo) and any(
+        d.status == "scheduled" for d in submitted.deliveries
+    ):
+        typer.echo(tr("将于 {t} 发布", "will be published at {t}", t=_ts(n.publish_at)).render())
+    for w in submitted.warnings:
+        typer.secho(w.render(), fg="yellow")
+    if submitted.ring_error is not None:
+        typer.secho(submitted.ring_error.render(), fg="yellow")
+
+
+def _wait(store: Store, notice_id: int, *, timeout: float, quiet: bool) -> None:
+    """A live progress bar until every delivery has left the dispatcher's hands."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from content_queue.store import SETTLED, STATUS_LABELS
+
+    console = Console(stderr=True, quiet=quiet)
+    deadline = time.monotonic() + timeout
+    last_change = time.monotonic()
+    last_summary = ""
+    hinted = False
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[summary]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(tr("投递中", "delivering").render(), total=None, summary="")
+        while True:
+            deliveries = store.deliveries(notice_id)
+            done = sum(1 for d in deliveries if d.status in SETTLED)
+            counts: dict[str, int] = {}
+            for d in deliveries:
+                counts[d.status] = counts.get(d.status, 0) + 1
+            summary = " ".join(f"{_label(STATUS_LABELS, s)} {c}" for s, c in sorted(counts.items()))
+            if summary != last_summary:
+                last_summary, last_change = summary, time.monotonic()
+            progress.update(task, total=len(deliveries), completed=done, summary=summary)
+            if done == len(deliveries):
+                break
+            if not hinted and time.monotonic() - last_change > 15:
+                hinted = True
+                progress.console.print(
+                    tr(
+                        "[yellow]15 秒没有进展：工作进程在运行吗？"
+                        "（villagecast worker 或 villagecast up）",
+                        "[yellow]no progress for 15 s: is a worker running? "
+                        "(villagecast worker or villagecast up)",
+                    ).render()
+                )
+            if time.monotonic() > deadline:
+                progress.stop()
+                typer.secho(
+                    tr(
+                        "等待超时：通知已保存，投递会在后台继续（villagecast notice show {id}）",
+                        "timed out waiting: the notice is saved and delivery goes on "
+                        "(villagecast notice show {id})",
+                        id=notice_id,
+                    ).render(),
+                    err=True,
+                    fg="yellow",
+                )
+                raise typer.Exit(3)
+            time.sleep(0.3)
+    if not quiet:
+        _print_deliveries(store.deliveries(notice_id))
+
+
+def _print_deliveries(deliveries: list[DeliveryView]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from content_queue.store import STATUS_LABELS
+    from dispatcher.planner import KIND_LABELS
+
+    colours = {
+        "delivered": "green",
+        "sent": "cyan",
+        "failed": "red",
+        "expired": "magenta",
+        "skipped": "dim",
+        "cancelled": "dim",
+    }
+    zh = current_lang() == "zh"
+    table = Table(show_lines=False)
+    for col in (
+        ("村", "village"),
+        ("渠道", "channel"),
+        ("端点", "endpoint"),
+        ("状态", "status"),
+        ("次数", "tries"),
+        ("说明", "detail"),
+    ):
+        table.add_column(col[0] if zh else col[1])
+    for d in deliveries:
+        colour = colours.get(d.status, "yellow")
+        table.add_row(
+            d.village_id or "-",
+            _label(KIND_LABELS, d.kind),
+            d.endpoint_id,
+            f"[{colour}]{_label(STATUS_LABELS, d.status)}[/]",
+            str(d.attempts),
+            d.error(current_lang()) or "",
+        )
+    Console().print(table)
+
+
+@notice_app.command("list", help=h("列出最近的通知", "list recent notices"))
+def notice_list(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from content_queue.models import CATEGORY_LABELS, Category
+
+    store = _store(_settings())
+    notices = store.notices(limit=limit)
+    counts = store.delivery_counts([n.id for n in notices])
+    if as_json:
+        _echo_json([{**notice_json(n), "deliveries": dict(counts[n.id])} for n in notices])
+        return
+    if not notices:
+        typer.echo(tr("还没有通知", "no notices yet").render())
+        return
+    zh = current_lang() == "zh"
+    table = Table()
+    for zh_name, en_name in (
+        ("编号", "id"),
+        ("标题", "title"),
+        ("类别", "category"),
+        ("发布时间", "publish"),
+        ("投递", "deliveries"),
+    ):
+        table.add_column(zh_name if zh else en_name)
+    for n in notices:
+        c = counts[n.id]
+        cat = (
+            CATEGORY_LABELS.get(Category(n.category))
+            if n.category in Category._value2member_map_
+            else None
+        )
+        table.add_row(
+            str(n.id),
+            n.title
+            + (
+                " [dim](撤回)[/]"
+                if n.state == "withdrawn" and zh
+                else " [dim](withdrawn)[/]"
+                if n.state == "withdrawn"
+                else ""
+            ),
+            cat.render() if cat else n.category,
+            _ts(n.publish_at),
+            _counts_text(c),
+        )
+    Console().print(table)
+
+
+def _counts_text(c: Any) -> str:
+    from content_queue.store import STATUS_LABELS
+
+    return " ".join(f"{_label(STATUS_LABELS, s)}{n}" for s, n in sorted(c.items()))
+
+
+@notice_app.command("show", help=h("查看一条通知及其每个投递", "show a notice and every delivery"))
+def notice_show(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    store = _store(_settings())
+    n = store.notice(notice_id)
+    deliveries = store.deliveries(notice_id)
+    if as_json:
+        _echo_json(
+            {
+                **notice_json(n),
+                "deliveries": [delivery_json(d, store.attempts(d.id)) for d in deliveries],
+            }
+        )
+        return
+    from content_queue.models import CATEGORY_LABELS, PRIORITY_LABELS, Category, Priority
+
+    typer.echo(f"#{n.id} {n.title}")
+    typer.echo(
+        tr(
+            "类别：{c}  优先级：{p}  发布：{pub}  失效：{exp}  状态：{s}",
+            "category: {c}  priority: {p}  publish: {pub}  expires: {exp}  state: {s}",
+            c=_label(CATEGORY_LABELS, Category(n.category)),
+            p=_label(PRIORITY_LABELS, Priority(n.priority)),
+            pub=_ts(n.publish_at),
+            exp=_ts(n.expires_at),
+            s=n.state,
+        ).render()
+    )
+    typer.echo("")
+    typer.echo(n.body)
+    typer.echo("")
+    _print_deliveries(deliveries)
+
+
+# -- status, devices, feed -----------------------------------------------------------------
+
+
+@app.command(
+    "status",
+    help=h("按乡镇、村、渠道统计投递状态", "delivery counts by township, village and channel"),
+)
+def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from content_queue.store import STATUS_LABELS
+    from dispatcher.planner import KIND_LABELS
+
+    store = _store(_settings())
+    rows = store.status_rows()
+    grouped: dict[tuple[str, str, str], dict[str, int]] = {}
+    for township, village, kind, st, count in rows:
+        key = (township or "-", village or "-", kind)
+        grouped.setdefault(key, {})[st] = count
+    if as_json:
+        _echo_json(
+            [
+                {"township": t, "village": v, "kind": k, "counts": c}
+                for (t, v, k), c in sorted(grouped.items())
+            ]
+        )
+        return
+    if not grouped:
+        typer.echo(tr("还没有任何投递", "no deliveries yet").render())
+        return
+    zh = current_lang() == "zh"
+    table = Table()
+    table.add_column("乡镇" if zh else "township")
+    table.add_column("村" if zh else "village")
+    table.add_column("渠道" if zh else "channel")
+    statuses = [
+        "delivered",
+        "sent",
+        "pending",
+        "scheduled",
+        "sending",
+        "failed",
+        "expired",
+        "skipped",
+        "cancelled",
+    ]
+    for s in statuses:
+        table.add_column(_label(STATUS_LABELS, s), justify="right")
+    for (t, v, k), c in sorted(grouped.items()):
+        cells = []
+        for s in statuses:
+            value = c.get(s, 0)
+            cells.append(f"[red]{value}[/]" if s == "failed" and value else str(value or ""))
+        table.add_row(t, v, _label(KIND_LABELS, k), *cells)
+    Console().print(table)
+
+
+@devices_app.command(
+    "check",
+    help=h("检查 devices.yaml，有错误时退出码为 1", "validate devices.yaml (exit 1 on errors)"),
+)
+def devices_check(
+    path: Annotated[Path | None, typer.Argument(metavar="[PATH]")] = None,
+) -> None:
+    from content_queue.registry import load_registry
+
+    target = path or _settings().devices
+    try:
+        registry = load_registry(target)
+    except VillagecastError as exc:
+        typer.secho(exc.render(), err=True, fg="red")
+        raise typer.Exit(1) from None
+    kinds: dict[str, int] = {}
+    for ep in registry.endpoints.values():
+        kinds[ep.kind] = kinds.get(ep.kind, 0) + 1
+    from dispatcher.planner import KIND_LABELS
+
+    typer.secho(
+        tr(
+            "{p} 没有问题：{t} 个乡镇，{v} 个村，{e} 个端点（{k}）",
+            "{p} is valid: {t} township(s), {v} village(s), {e} endpoint(s) ({k})",
+            p=target,
+            t=len(registry.townships),
+            v=len(registry.villages),
+            e=len(registry.endpoints),
+            k="，".join(f"{_label(KIND_LABELS, k)} {n}" for k, n in sorted(kinds.items())),
+        ).render(),
+        fg="green",
+    )
+
+
+@devices_app.command(
+    "schema",
+    help=h(
+        "输出 devices.yaml 的 JSON Schema（供编辑器使用）", "print the JSON Schema of devices.yaml"
+    ),
+)
+def devices_schema() -> None:
+    from content_queue.registry_schema import registry_json_schema
+
+    _echo_json(registry_json_schema())
+
+
+@app.command("feed", help=h("输出某村的电视公开平台订阅源", "print a village's TV platform feed"))
+def feed(
+    village: Annotated[str, typer.Argument(metavar="VILLAGE")],
+    fmt: Annotated[str, typer.Option("--format", help="atom | rss | json")] = "atom",
+) -> None:
+    from channels.tv_feed import village_feed
+    from dispatcher.service import registry_cache
+
+    if fmt not in ("atom", "rss", "json"):
+        raise typer.BadParameter(
+            h("只能是 atom、rss 或 json", "must be atom, rss or json"), param_hint="--format"
+        )
+    settings = _settings()
+    data = village_feed(
+        _store(settings), registry_cache.get(settings.devices), settings, village, fmt
+    )
+    sys.stdout.buffer.write(data)
+    if not data.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+@app.command(
+    "worker", help=h("运行 Celery 工作进程（含补发器）", "run the Celery worker (with the sweeper)")
+)
+def worker(
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
+    no_sweeper: Annotated[bool, typer.Option("--no-sweeper")] = False,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+) -> None:
+    from dispatcher.worker import run_worker
+
+    run_worker(concurrency=concurrency, sweeper=not no_sweeper, loglevel=loglevel)
+
+
+@app.command(
+    "sweep",
+    help=h("运行一次补发器（或用 --forever 持续运行）", "run the sweeper once (or --forever)"),
+)
+def sweep(forever: Annotated[bool, typer.Option("--forever")] = False) -> None:
+    from dispatcher.service import sweep_once
+
+    settings = _settings()
+    if forever:
+        from dispatcher.sweeper import main as sweeper_main
+
+        sweeper_main([])
+        return
+    report = sweep_once(store=_store(settings), settings=settings, ring=_ringer(settings))
+    typer.echo(
+        tr(
+            "补发 {r} 个，定时到期 {rel} 个，回收 {rec} 个，放弃 {g} 个，过期 {e} 个",
+            "rang {r}, released {rel}, reclaimed {rec}, gave up {g}, expired {e}",
+            r=report.rung,
+            rel=report.released,
+            rec=report.reclaimed,
+            g=report.gave_up,
+            e=report.expired,
+        ).render()
+    )
+
+
+@app.command(
+    "up",
+    help=h(
+        "单机一键运行：存储、内置消息队列、工作进程、补发器、订阅源服务",
+        "run everything for one machine in the foreground",
+    ),
+)
+def up(
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
+) -> None:
+    from dispatcher.runner import run_up
+
+    run_up(concurrency=concurrency)
+
+
+@app.command(
+    "demo",
+    help=h(
+        "演示：用示例 devices.yaml 发送几条真实格式的通知",
+        "queue a few realistic notices and show them delivered",
+    ),
+)
+def demo(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help=h(
+                "演示数据目录（默认新建临时目录）", "data directory (default: a new temporary one)"
+            ),
+        ),
+    ] = None,
+    devices: Annotated[Path, typer.Option("--devices")] = Path("devices.yaml"),
+) -> None:
+    from dispatcher.demo import run_demo
+
+    raise typer.Exit(run_demo(home=home, devices=devices))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,861 @@
+"""The durable store: the only source of truth for notices and their deliveries.
+
+Every state change is a compare-and-set on the delivery row, so any number of
+workers and sweepers can race without serving an endpoint twice. Celery messages
+only carry delivery ids; losing one loses nothing because the sweeper rings again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select, update
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from content_queue.db import Attempt, AuditEntry, Base, Delivery, FeedFetch, Notice
+from content_queue.errors import NotFoundError, StoreError
+from content_queue.i18n import Text, tr
+from content_queue.models import NoticeDraft
+
+__all__ = [
+    "SETTLED",
+    "TERMINAL",
+    "Claim",
+    "DeliveryStatus",
+    "DeliveryView",
+    "NoticeView",
+    "Outcome",
+    "PlannedDelivery",
+    "Store",
+    "SweepReport",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+S = DeliveryStatus
+TERMINAL = frozenset({S.DELIVERED, S.FAILED, S.EXPIRED, S.CANCELLED, S.SKIPPED})
+SETTLED = TERMINAL | {S.SENT}
+"""Out of the dispatcher's hands: terminal, or accepted and waiting for the far side's ack."""
+
+STATUS_LABELS: dict[str, Text] = {
+    S.PENDING: tr("待发送", "pending"),
+    S.SCHEDULED: tr("定时", "scheduled"),
+    S.SENDING: tr("发送中", "sending"),
+    S.SENT: tr("已发出", "sent"),
+    S.DELIVERED: tr("已送达", "delivered"),
+    S.FAILED: tr("失败", "failed"),
+    S.EXPIRED: tr("已过期", "expired"),
+    S.CANCELLED: tr("已取消", "cancelled"),
+    S.SKIPPED: tr("已跳过", "skipped"),
+}
+
+
+@dataclass(frozen=True)
+class NoticeView:
+    id: int
+    title: str
+    body: str
+    category: str
+    priority: str
+    targets: dict[str, Any]
+    channels: list[str] | None
+    table: dict[str, Any] | None
+    publish_at: datetime
+    expires_at: datetime | None
+    author: str
+    revision: int
+    supersedes_id: int | None
+    state: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, n: Notice) -> NoticeView:
+        return cls(
+            id=n.id,
+            title=n.title,
+            body=n.body,
+            category=n.category,
+            priority=n.priority,
+            targets=dict(n.targets),
+            channels=list(n.channels) if n.channels is not None else None,
+            table=dict(n.table) if n.table is not None else None,
+            publish_at=n.publish_at,
+            expires_at=n.expires_at,
+            author=n.author,
+            revision=n.revision,
+            supersedes_id=n.supersedes_id,
+            state=n.state,
+            created_at=n.created_at,
+        )
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    notice_id: int
+    endpoint_id: str
+    kind: str
+    village_id: str | None
+    township_id: str | None
+    status: str
+    attempts: int
+    due_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    finished_at: datetime | None
+    error_code: str | None
+    error_zh: str | None
+    error_en: str | None
+    external_ref: str | None
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, d: Delivery) -> DeliveryView:
+        return cls(
+            id=d.id,
+            notice_id=d.notice_id,
+            endpoint_id=d.endpoint_id,
+            kind=d.kind,
+            village_id=d.village_id,
+            township_id=d.township_id,
+            status=d.status,
+            attempts=d.attempts,
+            due_at=d.due_at,
+            sent_at=d.sent_at,
+            delivered_at=d.delivered_at,
+            finished_at=d.finished_at,
+            error_code=d.error_code,
+            error_zh=d.error_zh,
+            error_en=d.error_en,
+            external_ref=d.external_ref,
+            updated_at=d.updated_at,
+        )
+
+    def error(self, lang: str = "zh") -> str | None:
+        return self.error_zh if lang == "zh" else self.error_en
+
+
+@dataclass(frozen=True)
+class PlannedDelivery:
+    endpoint_id: str
+    kind: str
+    village_id: str | None
+    township_id: str | None
+    skip_reason: Text | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery leased to one worker for one attempt."""
+
+    delivery: DeliveryView
+    notice: NoticeView
+    attempt: int
+    token: str
+
+
+OutcomeKind = Literal["sent", "delivered", "retry", "failed", "skipped", "expired", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    text: Text | None = None
+    code: str | None = None
+    retry_at: datetime | None = None
+    external_ref: str | None = None
+    attempt_outcome: str | None = None
+    """What to record on the attempt row when it differs from ``kind`` (e.g. 'config')."""
+
+
+@dataclass
+class SweepReport:
+    ring: dict[str, list[int]] = field(default_factory=dict)
+    released: int = 0
+    reclaimed: int = 0
+    gave_up: int = 0
+    expired: int = 0
+
+    @property
+    def rung(self) -> int:
+        return sum(len(v) for v in self.ring.values())
+
+
+def _sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != prefix + ":memory:":
+        return Path(url[len(prefix) :])
+    return None
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # pysqlite's own BEGIN handling is bypassed
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            # Take the write lock up front: a deferred transaction that later writes can
+            # fail with SQLITE_BUSY instead of waiting, which would lose a state change.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    """Notices, deliveries, attempts and audit, behind a few transactional operations."""
+
+    _instances: ClassVar[dict[tuple[int, str], Store]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = _engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            self.migrate()
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """One store per process and URL (engines must not cross a fork)."""
+        key = (os.getpid(), url)
+        with cls._lock:
+            store = cls._instances.get(key)
+            if store is None:
+                store = cls._instances[key] = cls(url)
+            return store
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as s:
+                yield s
+        except OperationalError as exc:
+            raise StoreError(
+                tr(
+                    "数据库暂时无法访问：{e}",
+                    "the database cannot be reached: {e}",
+                    e=str(exc.orig) if exc.orig else str(exc),
+                )
+            ) from exc
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (serialised by a file lock on SQLite)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        path = _sqlite_path(self.url)
+        lock_path = (path.parent / ".migrate.lock") if path else None
+        try:
+            with _file_lock(lock_path), self.engine.connect() as conn:
+                if self._is_current(conn):
+                    return
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                tr(
+                    "无法打开或升级数据库 {url}：{e}",
+                    "cannot open or upgrade the database {url}: {e}",
+                    url=_redact(self.url),
+                    e=str(exc).splitlines()[0],
+                )
+            ) from exc
+
+    def _is_current(self, conn: Any) -> bool:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        heads = set(MigrationContext.configure(conn).get_current_heads())
+        script = ScriptDirectory(str(Path(__file__).parent / "migrations"))
+        return heads == set(script.get_heads())
+
+    def create_all(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    # -- notices -----------------------------------------------------------------------
+
+    def add_notice(
+        self,
+        draft: NoticeDraft,
+        plans: Sequence[PlannedDelivery],
+        *,
+        now: datetime | None = None,
+    ) -> tuple[NoticeView, list[DeliveryView]]:
+        """Write the notice and one delivery per endpoint in one transaction."""
+        now = now or utcnow()
+        publish_at = draft.publish_at or now
+        with self.session() as s:
+            if draft.supersedes is not None and s.get(Notice, draft.supersedes) is None:
+                raise NotFoundError(
+                    tr(
+                        "要更正的通知 {id} 不存在",
+                        "notice {id} does not exist",
+                        id=draft.supersedes,
+                    )
+                )
+            notice = Notice(
+                title=draft.title,
+                body=draft.body,
+                category=draft.category.value,
+                priority=draft.priority.value,
+                targets=draft.targets.model_dump(),
+                channels=list(draft.channels) if draft.channels is not None else None,
+                table=draft.table.model_dump() if draft.table else None,
+                publish_at=publish_at,
+                expires_at=draft.expires_at,
+                author=draft.author,
+                revision=draft.revision,
+                supersedes_id=draft.supersedes,
+                state="active",
+                created_at=now,
+            )
+            s.add(notice)
+            s.flush()
+            rows = []
+            for p in plans:
+                if p.skip_reason is not None:
+                    status, finished = S.SKIPPED, now
+                else:
+                    status, finished = (S.SCHEDULED if publish_at > now else S.PENDING), None
+                rows.append(
+                    Delivery(
+                        notice_id=notice.id,
+                        endpoint_id=p.endpoint_id,
+                        kind=p.kind,
+                        village_id=p.village_id,
+                        township_id=p.township_id,
+                        status=status.value,
+                        attempts=0,
+                        due_at=publish_at,
+                        finished_at=finished,
+                        error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
+                        error_en=p.skip_reason.render("en") if p.skip_reason else None,
+                        updated_at=now,
+                    )
+                )
+            s.add_all(rows)
+            s.add(
+                AuditEntry(
+                    at=now,
+                    actor=draft.author or "cli",
+                    action="notice.add",
+                    notice_id=notice.id,
+                    details={"deliveries": len(rows), "title": draft.title},
+                )
+            )
+            s.flush()
+            return NoticeView.of(notice), [DeliveryView.of(r) for r in rows]
+
+    def notice(self, notice_id: int) -> NoticeView:
+        with self.session() as s:
+            n = s.get(Notice, notice_id)
+            if n is None:
+                raise NotFoundError(
+                    tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id)
+                )
+            return NoticeView.of(n)
+
+    def notices(self, *, limit: int = 50) -> list[NoticeView]:
+        with self.session() as s:
+            rows = s.scalars(select(Notice).order_by(Notice.id.desc()).limit(limit))
+            return [NoticeView.of(n) for n in rows]
+
+    def deliveries(
+        self, notice_id: int | None = None, *, ids: Iterable[int] | None = None
+    ) -> list[DeliveryView]:
+        with self.session() as s:
+            q = select(Delivery).order_by(Delivery.id)
+            if notice_id is not None:
+                q = q.where(Delivery.notice_id == notice_id)
+            if ids is not None:
+                q = q.where(Delivery.id.in_(list(ids)))
+            return [DeliveryView.of(d) for d in s.scalars(q)]
+
+    def delivery_counts(self, notice_ids: Sequence[int]) -> dict[int, Counter[str]]:
+        out: dict[int, Counter[str]] = {i: Counter() for i in notice_ids}
+        with self.session() as s:
+            q = (
+                select(Delivery.notice_id, Delivery.status, func.count())
+                .where(Delivery.notice_id.in_(list(notice_ids)))
+                .group_by(Delivery.notice_id, Delivery.status)
+            )
+            for nid, status, count in s.execute(q):
+                out[nid][status] = count
+        return out
+
+    def status_rows(self) -> list[tuple[str | None, str | None, str, str, int]]:
+        """(township, village, kind, status, count) over every delivery."""
+        with self.session() as s:
+            q = select(
+                Delivery.township_id,
+                Delivery.village_id,
+                Delivery.kind,
+                Delivery.status,
+                func.count(),
+            ).group_by(Delivery.township_id, Delivery.village_id, Delivery.kind, Delivery.status)
+            return [(t, v, k, st, c) for t, v, k, st, c in s.execute(q)]
+
+    def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(Attempt.number)
+            return [
+                {
+                    "number": a.number,
+                    "worker": a.worker,
+                    "started_at": a.started_at,
+                    "finished_at": a.finished_at,
+                    "outcome": a.outcome,
+                    "error_code": a.error_code,
+                    "error_zh": a.error_zh,
+                    "error_en": a.error_en,
+                }
+                for a in s.scalars(q)
+            ]
+
+    def withdraw(self, notice_id: int, *, actor: str, now: datetime | None = None) -> int:
+        """Mark a notice withdrawn and cancel what has not gone out; returns cancelled count."""
+        now = now or utcnow()
+        with self.session() as s:
+            n = s.get(Notice, notice_id)
+            if n is None:
+                raise NotFoundError(
+                    tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id)
+                )
+            n.state = "withdrawn"
+            res = s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.notice_id == notice_id,
+                    Delivery.status.in_([S.PENDING, S.SCHEDULED]),
+                )
+                .values(status=S.CANCELLED, finished_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            s.add(AuditEntry(at=now, actor=actor, action="notice.withdraw", notice_id=notice_id))
+            return int(getattr(res, "rowcount", 0) or 0)
+
+    def audit(
+        self, *, actor: str, action: str, notice_id: int | None, details: dict[str, Any]
+    ) -> None:
+        with self.session() as s:
+            s.add(
+                AuditEntry(
+                    at=utcnow(), actor=actor, action=action, notice_id=notice_id, details=details
+                )
+            )
+
+    # -- the delivery state machine ------------------------------------------------------
+
+    def mark_enqueued(self, ids: Sequence[int], *, now: datetime | None = None) -> None:
+        if not ids:
+            return
+        now = now or utcnow()
+        with self.session() as s:
+            s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(list(ids)))
+                .values(enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
+    def claim(
+        self,
+        ids: Sequence[int],
+        *,
+        worker: str,
+        lease_seconds: float,
+        max_attempts: int,
+        now: datetime | None = None,
+    ) -> list[Claim]:
+        """Lease due, pending deliveries to this worker; ends expired or withdrawn ones."""
+        now = now or utcnow()
+        claims: list[Claim] = []
+        with self.session() as s:
+            q = (
+                select(Delivery)
+                .where(
+                    Delivery.id.in_(list(ids)),
+                    Delivery.status == S.PENDING,
+                    Delivery.due_at <= now,
+                )
+                .order_by(Delivery.id)
+                .with_for_update(skip_locked=True)
+            )
+            rows = list(s.scalars(q))
+            notices = {
+                n.id: NoticeView.of(n)
+                for n in s.scalars(select(Notice).where(Notice.id.in_({d.notice_id for d in rows})))
+            }
+            for d in rows:
+                notice = notices[d.notice_id]
+                if notice.state == "withdrawn":
+                    _end(d, S.CANCELLED, now, tr("通知已撤回", "the notice was withdrawn"))
+                    continue
+                if notice.expired(now):
+                    _end(
+                        d,
+                        S.EXPIRED,
+                        now,
+                        tr("发送前通知已过期", "the notice expired before it went out"),
+                    )
+                    continue
+                if d.attempts >= max_attempts:
+                    _end(
+                        d,
+                        S.FAILED,
+                        now,
+                        tr(
+                            "已尝试 {n} 次仍未成功，已停止重试",
+                            "gave up after {n} attempts",
+                            n=d.attempts,
+                        ),
+                        code="attempts_exhausted",
+                    )
+                    continue
+                token = f"{worker}:{uuid.uuid4().hex[:12]}"
+                d.status = S.SENDING
+                d.attempts += 1
+                d.lease_until = now + timedelta(seconds=lease_seconds)
+                d.leased_by = token
+                d.updated_at = now
+                s.add(Attempt(delivery_id=d.id, number=d.attempts, worker=token, started_at=now))
+                s.flush()
+                claims.append(Claim(DeliveryView.of(d), notice, d.attempts, token))
+        return claims
+
+    def finish(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        *,
+        max_attempts: int,
+        now: datetime | None = None,
+    ) -> str:
+        """Record one attempt's outcome; returns the delivery's new status.
+
+        Only the lease holder may move the delivery on. A worker that comes back after its
+        lease expired (the sweeper already handed the delivery to someone else) is recorded
+        as a ``stale`` attempt and changes nothing.
+        """
+        now = now or utcnow()
+        with self.session() as s:
+            d = s.get(Delivery, claim.delivery.id)
+            attempt = s.scalars(
+                select(Attempt).where(
+                    Attempt.delivery_id == claim.delivery.id, Attempt.worker == claim.token
+                )
+            ).first()
+            if d is None:
+                raise NotFoundError(tr("投递记录不存在", "no such delivery"))
+            owned = d.status == S.SENDING and d.leased_by == claim.token
+            if attempt is not None:
+                attempt.finished_at = now
+                attempt.outcome = (outcome.attempt_outcome or outcome.kind) if owned else "stale"
+                attempt.error_code = outcome.code
+                attempt.error_zh = outcome.text.render("zh") if outcome.text else None
+                attempt.error_en = outcome.text.render("en") if outcome.text else None
+            if not owned:
+                return d.status
+            d.lease_until = None
+            d.leased_by = None
+            d.updated_at = now
+            if outcome.external_ref is not None:
+                d.external_ref = outcome.external_ref
+            kind = outcome.kind
+            if kind == "retry" and d.attempts >= max_attempts:
+                _end(
+                    d,
+                    S.FAILED,
+                    now,
+                    tr(
+                        "已尝试 {n} 次仍未成功：{last}",
+                        "gave up after {n} attempts: {last}",
+                        n=d.attempts,
+                        last=outcome.text or "",
+                    ),
+                    code=outcome.code or "attempts_exhausted",
+                )
+            elif kind == "retry":
+                retry_at = outcome.retry_at or now
+                d.status = S.PENDING
+                d.due_at = retry_at
+                d.enqueued_at = retry_at  # the caller rings with a countdown to this time
+                _set_error(d, outcome.text, outcome.code)
+            elif kind == "sent":
+                d.status = S.SENT
+                d.sent_at = now
+                _set_error(d, None, None)
+            elif kind == "delivered":
+                d.status = S.DELIVERED
+                d.sent_at = d.sent_at or now
+                d.delivered_at = now
+                d.finished_at = now
+                _set_error(d, None, None)
+            else:
+                status = {
+                    "failed": S.FAILED,
+                    "skipped": S.SKIPPED,
+                    "expired": S.EXPIRED,
+                    "cancelled": S.CANCELLED,
+                }[kind]
+                _end(d, status, now, outcome.text, code=outcome.code)
+            return d.status
+
+    def sweep(
+        self,
+        *,
+        max_attempts: int,
+        redoorbell_seconds: float,
+        now: datetime | None = None,
+        limit: int = 5000,
+    ) -> SweepReport:
+        """One pass of the sweeper; idempotent, safe to run from several processes at once."""
+        now = now or utcnow()
+        report = SweepReport()
+        with self.session() as s:
+            # Held notices whose publish time came.
+            res = s.execute(
+                update(Delivery)
+                .where(Delivery.status == S.SCHEDULED, Delivery.due_at <= now)
+                .values(status=S.PENDING, updated_at=now, enqueued_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            report.released = int(getattr(res, "rowcount", 0) or 0)
+
+            # Anything still waiting whose notice expired meanwhile.
+            expired_notices = select(Notice.id).where(
+                Notice.expires_at.is_not(None), Notice.expires_at <= now
+            )
+            for d in s.scalars(
+                select(Delivery)
+                .where(
+                    Delivery.status.in_([S.PENDING, S.SCHEDULED, S.SENT]),
+                    Delivery.notice_id.in_(expired_notices),
+                )
+                .limit(limit)
+            ):
+                _end(
+                    d,
+                    S.EXPIRED,
+                    now,
+                    tr("通知在送达前已过期", "the notice expired before it was confirmed"),
+                )
+                report.expired += 1
+
+            # Leases that ran out: the worker died (or hung) mid-delivery.
+            for d in s.scalars(
+                select(Delivery)
+                .where(Delivery.status == S.SENDING, Delivery.lease_until < now)
+                .limit(limit)
+            ):
+                s.execute(
+                    update(Attempt)
+                    .where(
+                        Attempt.delivery_id == d.id,
+                        Attempt.worker == d.leased_by,
+                        Attempt.finished_at.is_(None),
+                    )
+                    .values(finished_at=now, outcome="lost")
+                    .execution_options(synchronize_session=False)
+                )
+                d.leased_by = None
+                d.lease_until = None
+                if d.attempts >= max_attempts:
+                    _end(
+                        d,
+                        S.FAILED,
+                        now,
+                        tr(
+                            "工作进程在发送时中断了 {n} 次（可能是这条内容导致崩溃），已停止重试",
+                            "the worker died {n} times while delivering this "
+                            "(likely a poison payload)",
+                            n=d.attempts,
+                        ),
+                        code="worker_lost",
+                    )
+                    report.gave_up += 1
+                else:
+                    d.status = S.PENDING
+                    d.due_at = now
+                    d.enqueued_at = None
+                    d.updated_at = now
+                    report.reclaimed += 1
+
+            # Doorbells: due work whose last doorbell is missing or too old.
+            stale = now - timedelta(seconds=redoorbell_seconds)
+            rows = s.execute(
+                select(Delivery.id, Delivery.kind)
+                .where(
+                    Delivery.status == S.PENDING,
+                    Delivery.due_at <= now,
+                    or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < stale),
+                )
+                .order_by(Delivery.id)
+                .limit(limit)
+            ).all()
+            ids = [r[0] for r in rows]
+            for did, kind in rows:
+                report.ring.setdefault(kind, []).append(did)
+            if ids:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(ids))
+                    .values(enqueued_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+        return report
+
+    # -- TV feed support ----------------------------------------------------------------
+
+    def feed_entries(
+        self, endpoint_id: str, *, limit: int = 100
+    ) -> list[tuple[NoticeView, DeliveryView]]:
+        """Notices on this feed endpoint that are (or are being) published, newest first."""
+        shown = [S.SENDING, S.SENT, S.DELIVERED, S.EXPIRED, S.CANCELLED]
+        with self.session() as s:
+            q = (
+                select(Delivery, Notice)
+                .join(Notice, Notice.id == Delivery.notice_id)
+                .where(
+                    Delivery.endpoint_id == endpoint_id,
+                    Delivery.status.in_(shown),
+                    or_(Delivery.sent_at.is_not(None), Delivery.status == S.SENDING),
+                )
+                .order_by(Notice.publish_at.desc(), Notice.id.desc())
+                .limit(limit)
+            )
+            return [(NoticeView.of(n), DeliveryView.of(d)) for d, n in s.execute(q)]
+
+    def record_feed_fetch(
+        self, endpoint_id: str, *, feed_format: str, client: str, now: datetime | None = None
+    ) -> int:
+        """The platform fetched this feed: what was already in it counts as delivered."""
+        now = now or utcnow()
+        with self.session() as s:
+            s.add(
+                FeedFetch(
+                    endpoint_id=endpoint_id,
+                    fetched_at=now,
+                    feed_format=feed_format,
+                    client=client[:255],
+                )
+            )
+            res = s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.endpoint_id == endpoint_id,
+                    Delivery.status == S.SENT,
+                    Delivery.sent_at <= now,
+                )
+                .values(status=S.DELIVERED, delivered_at=now, finished_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return int(getattr(res, "rowcount", 0) or 0)
+
+    def confirm_delivered(self, delivery_id: int, *, now: datetime | None = None) -> bool:
+        """A far side confirmed a sent delivery (device ack, platform receipt)."""
+        now = now or utcnow()
+        with self.session() as s:
+            res = s.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id, Delivery.status == S.SENT)
+                .values(status=S.DELIVERED, delivered_at=now, finished_at=now, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(getattr(res, "rowcount", 0))
+
+
+def _set_error(d: Delivery, text: Text | None, code: str | None) -> None:
+    d.error_code = code
+    d.error_zh = text.render("zh") if text else None
+    d.error_en = text.render("en") if text else None
+
+
+def _end(
+    d: Delivery, status: S, now: datetime, text: Text | None, *, code: str | None = None
+) -> None:
+    d.status = status
+    d.finished_at = now
+    d.updated_at = now
+    d.lease_until = None
+    d.leased_by = None
+    _set_error(d, text, code)
+
+
+def _redact(url: str) -> str:
+    """Hide the password part of a database URL before it reaches a message."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+@contextmanager
+def _file_lock(path: Path | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

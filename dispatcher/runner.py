@@ -1,0 +1,149 @@
+"""`villagecast up`: everything one machine needs, in the foreground, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from content_queue.i18n import tr
+from content_queue.settings import Settings, get_settings
+from dispatcher import service
+from dispatcher.sweeper import run_sweeper
+from dispatcher.worker import spawn_worker
+
+__all__ = ["Stack", "run_up", "start_stack"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    """The running parts: a supervised worker process, the sweeper and the feed server."""
+
+    settings: Settings
+    env: dict[str, str]
+    concurrency: int | None
+    worker_loglevel: str = "WARNING"
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    worker: subprocess.Popen[bytes] | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+    server: Any = None
+    restarts: int = 0
+
+    @property
+    def feed_url(self) -> str:
+        if self.server is None:
+            return self.settings.resolved_feed_base_url
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def _supervise(self) -> None:
+        # Restart a worker that died (killed, out of memory): the store makes that safe.
+        while not self.stop_event.wait(1.0):
+            if self.worker is not None and self.worker.poll() is not None:
+                self.restarts += 1
+                log.warning("worker exited (%s); restarting", self.worker.returncode)
+                self.worker = spawn_worker(
+                    env=self.env,
+                    concurrency=self.concurrency,
+                    sweeper=False,
+                    loglevel=self.worker_loglevel,
+                )
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.worker is not None and self.worker.poll() is None:
+            try:
+                os.killpg(self.worker.pid, signal.SIGTERM)
+                self.worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.worker.pid, signal.SIGKILL)
+                self.worker.wait()
+            except ProcessLookupError:
+                pass
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+def start_stack(
+    *,
+    settings: Settings | None = None,
+    concurrency: int | None = None,
+    feed_server: bool = True,
+    worker_loglevel: str = "WARNING",
+    on_ready: Callable[[Stack], None] | None = None,
+) -> Stack:
+    settings = settings or get_settings()
+    store = service.open_store(settings)  # migrates before the worker starts
+    stack = Stack(
+        settings=settings,
+        env=dict(os.environ),
+        concurrency=concurrency,
+        worker_loglevel=worker_loglevel,
+    )
+    stack.worker = spawn_worker(
+        env=stack.env, concurrency=concurrency, sweeper=False, loglevel=worker_loglevel
+    )
+    sweeper = threading.Thread(
+        target=run_sweeper,
+        args=(settings,),
+        kwargs={"stop": stack.stop_event},
+        name="villagecast-sweeper",
+        daemon=True,
+    )
+    supervisor = threading.Thread(
+        target=stack._supervise, name="villagecast-supervisor", daemon=True
+    )
+    stack.threads += [sweeper, supervisor]
+    if feed_server:
+        from dispatcher.feed_server import serve_in_thread
+
+        server, thread = serve_in_thread(
+            settings, store, lambda: service.registry_cache.get(settings.devices)
+        )
+        stack.server = server
+        stack.threads.append(thread)
+    sweeper.start()
+    supervisor.start()
+    if on_ready is not None:
+        on_ready(stack)
+    return stack
+
+
+def run_up(*, concurrency: int | None = None) -> None:
+    settings = get_settings()
+    # devices.yaml must be valid before anything starts: fail with its errors now.
+    service.registry_cache.get(settings.devices)
+    stack = start_stack(settings=settings, concurrency=concurrency, worker_loglevel="INFO")
+    print(
+        tr(
+            "villagecast 已启动。数据目录：{home}\n电视平台订阅源：{url}/feeds/<村id>.atom"
+            "（.rss / .json）\n按 Ctrl-C 停止。",
+            "villagecast is running. Data directory: {home}\nTV feeds: {url}/feeds/<village>.atom"
+            " (.rss / .json)\nPress Ctrl-C to stop.",
+            home=settings.home,
+            url=stack.feed_url,
+        ).render(),
+        flush=True,
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(tr("正在停止……", "stopping...").render(), flush=True)
+        stack.stop()
+        time.sleep(0)

@@ -1,0 +1,260 @@
+"""What the dispatcher does, as plain functions the CLI, the tasks and the tests all call."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from channels.base import (
+    ChannelError,
+    ContentError,
+    DeliveryContext,
+    PermanentError,
+    TransientError,
+    get_channel,
+)
+from content_queue.errors import ConfigError, VillagecastError
+from content_queue.i18n import Text, tr
+from content_queue.models import NoticeDraft
+from content_queue.registry import Registry, load_registry
+from content_queue.settings import Settings
+from content_queue.store import Claim, DeliveryView, NoticeView, Outcome, Store, SweepReport, utcnow
+from dispatcher.planner import Plan, plan_notice
+
+__all__ = [
+    "Ringer",
+    "Submitted",
+    "backoff_seconds",
+    "open_store",
+    "process_deliveries",
+    "registry_cache",
+    "submit_notice",
+    "sweep_once",
+    "worker_name",
+]
+
+log = logging.getLogger(__name__)
+
+Ringer = Callable[[Mapping[str, Sequence[int]], float | None], object]
+"""Rings doorbells for delivery ids by kind, with an optional countdown in seconds."""
+
+
+def open_store(settings: Settings) -> Store:
+    settings.ensure_home()
+    return Store.open(settings.resolved_database_url)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class _RegistryCache:
+    """devices.yaml, reloaded when the file changes (workers run for weeks)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cached: dict[Path, tuple[float, Registry]] = {}
+
+    def get(self, path: Path) -> Registry:
+        path = path.resolve()
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = -1.0
+        with self._lock:
+            hit = self._cached.get(path)
+            if hit is not None and hit[0] == mtime:
+                return hit[1]
+        registry = load_registry(path)
+        with self._lock:
+            self._cached[path] = (mtime, registry)
+        return registry
+
+
+registry_cache = _RegistryCache()
+
+
+@dataclass
+class Submitted:
+    notice: NoticeView
+    deliveries: list[DeliveryView]
+    plan: Plan
+    rung: bool
+    ring_error: Text | None = None
+    warnings: list[Text] = field(default_factory=list)
+
+
+def submit_notice(
+    draft: NoticeDraft,
+    *,
+    store: Store,
+    registry: Registry,
+    ring: Ringer | None,
+    now: datetime | None = None,
+) -> Submitted:
+    """Plan, store (one transaction), then ring. A broker failure loses nothing."""
+    plan = plan_notice(draft, registry)
+    notice, deliveries = store.add_notice(draft, plan.deliveries, now=now)
+    due: dict[str, list[int]] = {}
+    for d in deliveries:
+        if d.status == "pending":
+            due.setdefault(d.kind, []).append(d.id)
+    rung, ring_error = False, None
+    if due and ring is not None:
+        try:
+            ring(due, None)
+            store.mark_enqueued([i for ids in due.values() for i in ids])
+            rung = True
+        except Exception as exc:  # any broker failure: the sweeper will ring later
+            log.warning("doorbell failed for notice %s: %s", notice.id, type(exc).__name__)
+            ring_error = tr(
+                "通知已保存，但暂时无法通知工作进程（{e}）；工作进程启动后会自动发送",
+                "the notice is saved, but the worker queue cannot be reached ({e}); "
+                "it will be sent once a worker runs",
+                e=type(exc).__name__,
+            )
+    return Submitted(notice, deliveries, plan, rung, ring_error, list(plan.warnings))
+
+
+def backoff_seconds(attempt: int, settings: Settings, *, hint: float | None = None) -> float:
+    """Exponential backoff with jitter, capped below the broker's visibility timeout."""
+    base = min(settings.retry_cap_seconds, settings.retry_base_seconds * 2.0 ** max(0, attempt - 1))
+    delay = base * random.uniform(0.5, 1.0)
+    if hint is not None:
+        delay = max(delay, min(hint, settings.retry_cap_seconds))
+    return delay
+
+
+def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settings) -> Outcome:
+    d = claim.delivery
+    endpoint = registry.endpoint(d.endpoint_id)
+    if endpoint is None:
+        return Outcome(
+            "failed",
+            tr(
+                "端点 {ep} 已不在 devices.yaml 中",
+                "endpoint {ep} is no longer in devices.yaml",
+                ep=d.endpoint_id,
+            ),
+            code="endpoint_removed",
+            attempt_outcome="config",
+        )
+    channel = get_channel(d.kind)
+    if channel is None:
+        return Outcome("skipped", tr("该渠道尚未实现", "this channel is not built yet"))
+    ctx = DeliveryContext(
+        delivery_id=d.id,
+        attempt=claim.attempt,
+        notice=claim.notice,
+        endpoint=endpoint,
+        village_id=d.village_id,
+        registry=registry,
+        settings=settings,
+        store=store,
+    )
+    try:
+        result = channel.deliver(ctx)
+    except TransientError as exc:
+        delay = backoff_seconds(claim.attempt, settings, hint=exc.retry_after)
+        return Outcome(
+            "retry",
+            exc.text,
+            code=exc.code,
+            retry_at=utcnow() + timedelta(seconds=delay),
+            attempt_outcome="transient",
+        )
+    except (PermanentError, ContentError) as exc:
+        kind = "content" if isinstance(exc, ContentError) else "permanent"
+        return Outcome("failed", exc.text, code=exc.code, attempt_outcome=kind)
+    except ConfigError as exc:
+        return Outcome("failed", exc.text, code="config", attempt_outcome="config")
+    except (ChannelError, VillagecastError) as exc:
+        return Outcome("failed", exc.text, code="error", attempt_outcome="permanent")
+    except Exception as exc:
+        # A bug or an unexpected library error: retry (bounded by max_attempts) and keep the
+        # traceback in the worker's log, not in the user's face.
+        log.exception("delivery %s crashed in channel %s", d.id, d.kind)
+        delay = backoff_seconds(claim.attempt, settings)
+        return Outcome(
+            "retry",
+            tr(
+                "渠道内部错误（{e}），稍后重试",
+                "internal channel error ({e}); will retry",
+                e=type(exc).__name__,
+            ),
+            code="internal",
+            retry_at=utcnow() + timedelta(seconds=delay),
+            attempt_outcome="transient",
+        )
+    return Outcome(result.status, external_ref=result.external_ref)
+
+
+def process_deliveries(
+    ids: Sequence[int],
+    *,
+    store: Store,
+    settings: Settings,
+    ring: Ringer | None,
+    worker: str | None = None,
+) -> dict[int, str]:
+    """Claim and attempt these deliveries; returns each claimed delivery's new status."""
+    worker = worker or worker_name()
+    claims = store.claim(
+        ids,
+        worker=worker,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+    )
+    if not claims:
+        return {}
+    try:
+        registry: Registry | None = registry_cache.get(settings.devices)
+        registry_error = None
+    except VillagecastError as exc:
+        registry, registry_error = None, exc
+    results: dict[int, str] = {}
+    retry: dict[str, list[int]] = {}
+    retry_at: datetime | None = None
+    for claim in claims:
+        if registry is None:
+            assert registry_error is not None
+            outcome = Outcome(
+                "retry",
+                registry_error.text,
+                code="registry",
+                retry_at=utcnow() + timedelta(seconds=backoff_seconds(claim.attempt, settings)),
+                attempt_outcome="config",
+            )
+        else:
+            outcome = _attempt(claim, store=store, registry=registry, settings=settings)
+        status = store.finish(claim, outcome, max_attempts=settings.max_attempts)
+        results[claim.delivery.id] = status
+        if status == "pending" and outcome.retry_at is not None:
+            retry.setdefault(claim.delivery.kind, []).append(claim.delivery.id)
+            retry_at = max(retry_at, outcome.retry_at) if retry_at else outcome.retry_at
+    if retry and ring is not None and retry_at is not None:
+        try:
+            ring(retry, max(0.0, (retry_at - utcnow()).total_seconds()))
+        except Exception as exc:  # the sweeper rings again after redoorbell_seconds
+            log.warning("retry doorbell failed: %s", type(exc).__name__)
+    return results
+
+
+def sweep_once(*, store: Store, settings: Settings, ring: Ringer | None) -> SweepReport:
+    report = store.sweep(
+        max_attempts=settings.max_attempts,
+        redoorbell_seconds=settings.redoorbell_seconds,
+    )
+    if report.ring and ring is not None:
+        try:
+            ring(report.ring, None)
+        except Exception as exc:
+            log.warning("sweeper could not ring %d doorbell(s): %s", report.rung, exc)
+    return report

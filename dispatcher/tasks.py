@@ -1,0 +1,35 @@
+"""Thin Celery tasks: load by id, call the dispatcher, record the outcome in the store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from celery import shared_task
+
+from content_queue.settings import get_settings
+from dispatcher import service
+from dispatcher.doorbell import ring as ring_doorbell
+
+__all__ = ["deliver"]
+
+
+def _ring(ids_by_kind: Mapping[str, Sequence[int]], countdown: float | None) -> object:
+    return ring_doorbell(ids_by_kind, settings=get_settings(), countdown=countdown)
+
+
+@shared_task(  # type: ignore[untyped-decorator]
+    name="villagecast.deliver",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def deliver(delivery_ids: list[int]) -> dict[str, str]:
+    """Deliver a batch of deliveries of one channel kind (ids only; the store is the truth).
+
+    Retries are not Celery retries: a transient failure is written to the store with its
+    next attempt time and rung again with a countdown; the sweeper backs that up.
+    """
+    settings = get_settings()
+    store = service.open_store(settings)
+    results = service.process_deliveries(delivery_ids, store=store, settings=settings, ring=_ring)
+    return {str(k): v for k, v in results.items()}

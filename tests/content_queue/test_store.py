@@ -1,0 +1,183 @@
+"""The store's state machine: one transaction per notice, compare-and-set transitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from content_queue.errors import NotFoundError
+from content_queue.i18n import tr
+from content_queue.models import build_notice
+from content_queue.store import Outcome, PlannedDelivery, Store
+
+T0 = datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"sqlite:///{tmp_path / 'vc.sqlite'}")
+
+
+def _notice(**over: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "title": "村务公开",
+        "body": "内容",
+        "category": "village_affairs",
+        "targets": {"county": True},
+    }
+    data.update(over)
+    return data
+
+
+PLANS = [
+    PlannedDelivery("a-tv", "tv_feed", "a", "t"),
+    PlannedDelivery("b-tv", "tv_feed", "b", "t"),
+    PlannedDelivery("a-led", "led", "a", "t", skip_reason=tr("尚未上线", "not built yet")),
+]
+
+
+def test_add_notice_writes_notice_and_deliveries_together(store: Store) -> None:
+    notice, deliveries = store.add_notice(build_notice(_notice()), PLANS, now=T0)
+    assert [d.status for d in deliveries] == ["pending", "pending", "skipped"]
+    assert deliveries[2].error_zh == "尚未上线" and deliveries[2].error_en == "not built yet"
+    assert store.notice(notice.id).title == "村务公开"
+    assert len(store.deliveries(notice.id)) == 3
+
+
+def test_add_notice_is_atomic_when_a_delivery_row_fails(store: Store) -> None:
+    duplicate = [PLANS[0], PLANS[0]]  # violates the (notice, endpoint) unique constraint
+    with pytest.raises(Exception, match="UNIQUE"):
+        store.add_notice(build_notice(_notice()), duplicate, now=T0)
+    assert store.notices() == []
+
+
+def test_future_publish_time_is_held_as_scheduled(store: Store) -> None:
+    later = T0 + timedelta(hours=2)
+    _, deliveries = store.add_notice(build_notice(_notice(publish_at=later)), PLANS[:1], now=T0)
+    assert deliveries[0].status == "scheduled"
+    assert store.sweep(max_attempts=3, redoorbell_seconds=60, now=T0).ring == {}
+    report = store.sweep(max_attempts=3, redoorbell_seconds=60, now=later)
+    assert report.released == 1
+    assert report.ring == {"tv_feed": [deliveries[0].id]}
+
+
+def test_claim_is_exclusive(store: Store) -> None:
+    _, ds = store.add_notice(build_notice(_notice()), PLANS[:2], now=T0)
+    ids = [d.id for d in ds]
+    first = store.claim(ids, worker="w1", lease_seconds=30, max_attempts=3, now=T0)
+    second = store.claim(ids, worker="w2", lease_seconds=30, max_attempts=3, now=T0)
+    assert len(first) == 2 and second == []
+    assert {c.delivery.status for c in first} == {"sending"}
+    assert all(c.attempt == 1 for c in first)
+
+
+def test_outcome_from_an_expired_lease_changes_nothing(store: Store) -> None:
+    _, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    (old,) = store.claim([ds[0].id], worker="w1", lease_seconds=5, max_attempts=3, now=T0)
+    later = T0 + timedelta(seconds=10)
+    report = store.sweep(max_attempts=3, redoorbell_seconds=60, now=later)
+    assert report.reclaimed == 1 and report.ring == {"tv_feed": [ds[0].id]}
+    (new,) = store.claim([ds[0].id], worker="w2", lease_seconds=5, max_attempts=3, now=later)
+    assert store.finish(old, Outcome("sent"), max_attempts=3, now=later) == "sending"
+    assert store.finish(new, Outcome("sent"), max_attempts=3, now=later) == "sent"
+    outcomes = [a["outcome"] for a in store.attempts(ds[0].id)]
+    assert outcomes == ["stale", "sent"]
+
+
+def test_retry_then_give_up_after_max_attempts(store: Store) -> None:
+    _, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    did = ds[0].id
+    now = T0
+    for attempt in (1, 2):
+        (claim,) = store.claim([did], worker="w", lease_seconds=5, max_attempts=3, now=now)
+        assert claim.attempt == attempt
+        retry_at = now + timedelta(seconds=10)
+        status = store.finish(
+            claim,
+            Outcome("retry", tr("忙", "busy"), code="-1", retry_at=retry_at),
+            max_attempts=3,
+            now=now,
+        )
+        assert status == "pending"
+        assert store.claim([did], worker="w", lease_seconds=5, max_attempts=3, now=now) == []
+        now = retry_at
+    (claim,) = store.claim([did], worker="w", lease_seconds=5, max_attempts=3, now=now)
+    status = store.finish(
+        claim, Outcome("retry", tr("忙", "busy"), code="-1"), max_attempts=3, now=now
+    )
+    assert status == "failed"
+    (d,) = store.deliveries(ids=[did])
+    assert d.error_code == "-1" and "3" in (d.error_zh or "") and "busy" in (d.error_en or "")
+
+
+def test_worker_dying_every_time_is_bounded(store: Store) -> None:
+    _, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    did, now = ds[0].id, T0
+    for _ in range(2):
+        assert store.claim([did], worker="w", lease_seconds=1, max_attempts=2, now=now)
+        now += timedelta(seconds=5)
+        store.sweep(max_attempts=2, redoorbell_seconds=60, now=now)
+    (d,) = store.deliveries(ids=[did])
+    assert d.status == "failed" and d.error_code == "worker_lost"
+    assert [a["outcome"] for a in store.attempts(did)] == ["lost", "lost"]
+
+
+def test_sweeper_rings_again_only_after_redoorbell_delay(store: Store) -> None:
+    _, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    store.mark_enqueued([ds[0].id], now=T0)
+    assert (
+        store.sweep(max_attempts=3, redoorbell_seconds=30, now=T0 + timedelta(seconds=10)).ring
+        == {}
+    )
+    again = store.sweep(max_attempts=3, redoorbell_seconds=30, now=T0 + timedelta(seconds=31))
+    assert again.ring == {"tv_feed": [ds[0].id]}
+
+
+def test_expiry_ends_waiting_and_sent_deliveries(store: Store) -> None:
+    exp = T0 + timedelta(hours=1)
+    _, ds = store.add_notice(
+        build_notice(_notice(publish_at=T0, expires_at=exp)), PLANS[:2], now=T0
+    )
+    (claim,) = store.claim([ds[0].id], worker="w", lease_seconds=5, max_attempts=3, now=T0)
+    store.finish(claim, Outcome("sent"), max_attempts=3, now=T0)
+    report = store.sweep(max_attempts=3, redoorbell_seconds=60, now=exp)
+    assert report.expired == 2
+    assert {d.status for d in store.deliveries(ds[0].notice_id)} == {"expired"}
+
+
+def test_claim_ends_withdrawn_and_expired_notices(store: Store) -> None:
+    n, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    assert store.withdraw(n.id, actor="secretary", now=T0) == 1
+    assert store.deliveries(n.id)[0].status == "cancelled"
+
+
+def test_feed_fetch_confirms_only_what_was_sent(store: Store) -> None:
+    _, ds = store.add_notice(build_notice(_notice()), PLANS[:2], now=T0)
+    (claim,) = store.claim([ds[0].id], worker="w", lease_seconds=5, max_attempts=3, now=T0)
+    store.finish(claim, Outcome("sent"), max_attempts=3, now=T0)
+    assert store.record_feed_fetch("a-tv", feed_format="atom", client="tv", now=T0) == 1
+    assert store.record_feed_fetch("b-tv", feed_format="atom", client="tv", now=T0) == 0
+    statuses = {d.endpoint_id: d.status for d in store.deliveries(ds[0].notice_id)}
+    assert statuses == {"a-tv": "delivered", "b-tv": "pending"}
+
+
+def test_times_round_trip_as_aware_utc(store: Store) -> None:
+    n, _ = store.add_notice(build_notice(_notice(publish_at="2026-12-01T08:00")), [], now=T0)
+    # Naive input is the county's local time (Asia/Shanghai by default).
+    assert store.notice(n.id).publish_at == datetime(2026, 12, 1, 0, 0, tzinfo=UTC)
+
+
+def test_unknown_notice_is_a_clear_error(store: Store) -> None:
+    with pytest.raises(NotFoundError) as err:
+        store.notice(999)
+    assert err.value.render("zh") == "通知 999 不存在"
+
+
+def test_database_is_sqlite_wal_and_migrated(store: Store) -> None:
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    Store(store.url)  # opening again finds the schema current and does nothing
