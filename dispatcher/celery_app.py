@@ -10,7 +10,7 @@ from kombu.entity import Queue
 from content_queue.registry import ENDPOINT_KINDS
 from content_queue.settings import Settings, get_settings
 
-__all__ = ["QUEUE_PREFIX", "app", "make_app", "queue_for"]
+__all__ = ["QUEUE_PREFIX", "app", "app_for", "make_app", "queue_for"]
 
 QUEUE_PREFIX = "vc."
 
@@ -74,3 +74,13 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+_apps: dict[str, Celery] = {app.conf.broker_url: app}
+
+
+def app_for(settings: Settings) -> Celery:
+    """The app for these settings' broker (the CLI and tests may switch brokers at run time)."""
+    url = settings.resolved_broker_url
+    found = _apps.get(url)
+    if found is None:
+        found = _apps[url] = make_app(settings)
+    return found

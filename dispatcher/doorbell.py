@@ -29,16 +29,22 @@ def ring(
     """
     from celery import group
 
-    from dispatcher.celery_app import queue_for
-    from dispatcher.tasks import deliver
+    from dispatcher.celery_app import app_for, queue_for
 
+    app = app_for(settings)
     sigs = [
-        deliver.si(batch).set(queue=queue_for(kind), countdown=countdown)
+        app.signature(
+            "villagecast.deliver",
+            args=(batch,),
+            queue=queue_for(kind),
+            countdown=countdown,
+            immutable=True,
+        )
         for kind, ids in ids_by_kind.items()
         for batch in batches(ids, settings.batch_size)
     ]
     if not sigs:
         return 0
-    group(sigs).apply_async()
+    group(sigs, app=app).apply_async()
     log.debug("rang %d doorbell(s)", len(sigs))
     return len(sigs)

@@ -206,23 +206,28 @@ def process_deliveries(
 ) -> dict[int, str]:
     """Claim and attempt these deliveries; returns each claimed delivery's new status."""
     worker = worker or worker_name()
-    claims = store.claim(
-        ids,
-        worker=worker,
-        lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts,
-    )
-    if not claims:
-        return {}
-    try:
-        registry: Registry | None = registry_cache.get(settings.devices)
-        registry_error = None
-    except VillagecastError as exc:
-        registry, registry_error = None, exc
+    registry: Registry | None = None
+    registry_error: VillagecastError | None = None
     results: dict[int, str] = {}
     retry: dict[str, list[int]] = {}
     retry_at: datetime | None = None
-    for claim in claims:
+    # Claim one delivery at a time: a batch of slow sends (a paced WeCom robot) must not
+    # hold leases on work it has not started, or the sweeper would hand it out twice.
+    for delivery_id in ids:
+        claims = store.claim(
+            [delivery_id],
+            worker=worker,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        if not claims:
+            continue
+        claim = claims[0]
+        if registry is None and registry_error is None:
+            try:
+                registry = registry_cache.get(settings.devices)
+            except VillagecastError as exc:
+                registry_error = exc
         if registry is None:
             assert registry_error is not None
             outcome = Outcome(

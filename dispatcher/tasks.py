@@ -10,7 +10,7 @@ from content_queue.settings import get_settings
 from dispatcher import service
 from dispatcher.doorbell import ring as ring_doorbell
 
-__all__ = ["deliver"]
+__all__ = ["deliver", "ping"]
 
 
 def _ring(ids_by_kind: Mapping[str, Sequence[int]], countdown: float | None) -> object:
@@ -33,3 +33,17 @@ def deliver(delivery_ids: list[int]) -> dict[str, str]:
     store = service.open_store(settings)
     results = service.process_deliveries(delivery_ids, store=store, settings=settings, ring=_ring)
     return {str(k): v for k, v in results.items()}
+
+
+@shared_task(name="villagecast.ping", ignore_result=True)  # type: ignore[untyped-decorator]
+def ping(marker: str | None = None) -> None:
+    """A no-op round trip (health checks; the benchmark's bare-Celery baseline).
+
+    With ``marker`` (a file name, no path), appends one line to that file under the data
+    directory so a caller can count completed pings without a result backend.
+    """
+    if marker:
+        name = marker.replace("/", "_").replace("\\", "_")
+        path = get_settings().home / name
+        with path.open("a") as fh:
+            fh.write(".\n")

@@ -149,7 +149,7 @@ def test_expiry_ends_waiting_and_sent_deliveries(store: Store) -> None:
 
 
 def test_claim_ends_withdrawn_and_expired_notices(store: Store) -> None:
-    n, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    n, _ = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
     assert store.withdraw(n.id, actor="secretary", now=T0) == 1
     assert store.deliveries(n.id)[0].status == "cancelled"
 

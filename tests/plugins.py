@@ -1,0 +1,59 @@
+"""Channels for tests and benchmarks, plugged in with VILLAGECAST_CHANNEL_TV_FEED=module:Class.
+
+They record every side effect in a file (one line per send) so a test can count what a
+device or platform would have seen, across worker processes that get killed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from channels.base import Channel, ChannelLimits, DeliveryContext, SendResult, TransientError
+from content_queue.i18n import tr
+
+
+def side_effects_path() -> Path:
+    return Path(os.environ["VILLAGECAST_HOME"]) / "side_effects.log"
+
+
+def read_side_effects(home: Path) -> list[int]:
+    path = home / "side_effects.log"
+    if not path.exists():
+        return []
+    return [int(line) for line in path.read_text().split()]
+
+
+class RecordingChannel(Channel):
+    """Sleeps VC_TEST_SLEEP seconds, appends the delivery id, confirms delivery.
+
+    A title containing POISON kills the worker process every time; FLAKY fails
+    transiently on the first attempt.
+    """
+
+    kind: ClassVar = "tv_feed"  # type: ignore[misc]
+    limits: ClassVar[ChannelLimits] = ChannelLimits(max_body_chars=5000, confirms="ack")
+
+    def send(self, ctx: DeliveryContext) -> SendResult:
+        if "POISON" in ctx.notice.title:
+            os._exit(17)
+        if "FLAKY" in ctx.notice.title and ctx.attempt == 1:
+            raise TransientError(tr("系统繁忙", "system busy"), code="-1")
+        time.sleep(float(os.environ.get("VC_TEST_SLEEP", "0")))
+        fd = os.open(side_effects_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{ctx.delivery_id}\n".encode())
+        finally:
+            os.close(fd)
+        return SendResult("delivered", external_ref=f"rec-{ctx.delivery_id}")
+
+
+class NoopChannel(Channel):
+    """Does nothing and confirms at once: measures the dispatcher's own overhead."""
+
+    kind: ClassVar = "tv_feed"  # type: ignore[misc]
+
+    def send(self, ctx: DeliveryContext) -> SendResult:
+        return SendResult("delivered")
