@@ -112,11 +112,12 @@ def _root(
         typer.Option("--lang", help=h("界面语言：zh 或 en", "interface language: zh or en")),
     ] = None,
 ) -> None:
+    set_lang(None)  # each invocation decides afresh (tests run many in one process)
     if lang is not None:
         if lang not in ("zh", "en"):
             raise typer.BadParameter(h("只能是 zh 或 en", "must be zh or en"), param_hint="--lang")
         set_lang("zh" if lang == "zh" else "en")
-        os.environ["VILLAGECAST_LANG"] = lang
+        os.environ["VILLAGECAST_LANG"] = lang  # worker processes started from here follow
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -116,6 +116,10 @@ class Channel(ABC):
 
     kind: ClassVar[EndpointKind]
     limits: ClassVar[ChannelLimits] = ChannelLimits()
+    claim_chunk: ClassVar[int] = 1
+    """Deliveries a worker claims (and records) together. Above 1 only for channels whose
+    sends are fast and safe to repeat (a device drops a duplicate command id), since a
+    worker killed mid-chunk repeats the chunk's unrecorded sends."""
 
     def content_problems(self, *, title: str, body: str) -> list[Text]:
         """Why a notice cannot go to this kind of endpoint at all (empty when it can)."""

@@ -219,7 +219,7 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, *, readonly: bool = False) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -237,10 +237,11 @@ def _engine(url: str) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Any) -> None:
-            # Take the write lock up front: a deferred transaction that later writes can
-            # fail with SQLITE_BUSY instead of waiting, which would lose a state change.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn: Any) -> None:
+            # Writers take the lock up front: a deferred transaction that later writes can
+            # fail with SQLITE_BUSY instead of waiting. Readers must not take it at all
+            # (in WAL mode they never block writers).
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -259,6 +260,8 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = _engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_engine = _engine(url, readonly=True) if url.startswith("sqlite") else self.engine
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         if migrate:
             self.migrate()
 
@@ -275,9 +278,10 @@ class Store:
     # -- plumbing ----------------------------------------------------------------------
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        factory = self._read_sessions if readonly else self._sessions
         try:
-            with self._sessions.begin() as s:
+            with factory.begin() as s:
                 yield s
         except OperationalError as exc:
             raise StoreError(
@@ -402,7 +406,7 @@ class Store:
             return NoticeView.of(notice), [DeliveryView.of(r) for r in rows]
 
     def notice(self, notice_id: int) -> NoticeView:
-        with self.session() as s:
+        with self.session(readonly=True) as s:
             n = s.get(Notice, notice_id)
             if n is None:
                 raise NotFoundError(
@@ -411,14 +415,14 @@ class Store:
             return NoticeView.of(n)
 
     def notices(self, *, limit: int = 50) -> list[NoticeView]:
-        with self.session() as s:
+        with self.session(readonly=True) as s:
             rows = s.scalars(select(Notice).order_by(Notice.id.desc()).limit(limit))
             return [NoticeView.of(n) for n in rows]
 
     def deliveries(
         self, notice_id: int | None = None, *, ids: Iterable[int] | None = None
     ) -> list[DeliveryView]:
-        with self.session() as s:
+        with self.session(readonly=True) as s:
             q = select(Delivery).order_by(Delivery.id)
             if notice_id is not None:
                 q = q.where(Delivery.notice_id == notice_id)
@@ -426,9 +430,17 @@ class Store:
                 q = q.where(Delivery.id.in_(list(ids)))
             return [DeliveryView.of(d) for d in s.scalars(q)]
 
+    def count_open(self, notice_ids: Sequence[int], states: Iterable[str]) -> int:
+        """How many of these notices' deliveries are not yet in one of ``states``."""
+        with self.session(readonly=True) as s:
+            q = select(func.count()).where(
+                Delivery.notice_id.in_(list(notice_ids)), Delivery.status.not_in(list(states))
+            )
+            return int(s.scalar(q) or 0)
+
     def delivery_counts(self, notice_ids: Sequence[int]) -> dict[int, Counter[str]]:
         out: dict[int, Counter[str]] = {i: Counter() for i in notice_ids}
-        with self.session() as s:
+        with self.session(readonly=True) as s:
             q = (
                 select(Delivery.notice_id, Delivery.status, func.count())
                 .where(Delivery.notice_id.in_(list(notice_ids)))
@@ -440,7 +452,7 @@ class Store:
 
     def status_rows(self) -> list[tuple[str | None, str | None, str, str, int]]:
         """(township, village, kind, status, count) over every delivery."""
-        with self.session() as s:
+        with self.session(readonly=True) as s:
             q = select(
                 Delivery.township_id,
                 Delivery.village_id,
@@ -451,7 +463,7 @@ class Store:
             return [(t, v, k, st, c) for t, v, k, st, c in s.execute(q)]
 
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
-        with self.session() as s:
+        with self.session(readonly=True) as s:
             q = select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(Attempt.number)
             return [
                 {
@@ -574,7 +586,6 @@ class Store:
                 d.leased_by = token
                 d.updated_at = now
                 s.add(Attempt(delivery_id=d.id, number=d.attempts, worker=token, started_at=now))
-                s.flush()
                 claims.append(Claim(DeliveryView.of(d), notice, d.attempts, token))
         return claims
 
@@ -592,69 +603,105 @@ class Store:
         lease expired (the sweeper already handed the delivery to someone else) is recorded
         as a ``stale`` attempt and changes nothing.
         """
+        return self.finish_many([(claim, outcome)], max_attempts=max_attempts, now=now)[0]
+
+    def finish_many(
+        self,
+        results: Sequence[tuple[Claim, Outcome]],
+        *,
+        max_attempts: int,
+        now: datetime | None = None,
+    ) -> list[str]:
+        """:meth:`finish` for several claims in one transaction."""
         now = now or utcnow()
-        with self.session() as s:
-            d = s.get(Delivery, claim.delivery.id)
-            attempt = s.scalars(
-                select(Attempt).where(
-                    Attempt.delivery_id == claim.delivery.id, Attempt.worker == claim.token
+        ids = [c.delivery.id for c, _ in results]
+        tokens = [c.token for c, _ in results]
+        with self.session() as s, s.no_autoflush:
+            # Two queries for the whole chunk, one flush at commit.
+            rows = {d.id: d for d in s.scalars(select(Delivery).where(Delivery.id.in_(ids)))}
+            attempts = {
+                a.worker: a
+                for a in s.scalars(
+                    select(Attempt).where(Attempt.delivery_id.in_(ids), Attempt.worker.in_(tokens))
                 )
-            ).first()
-            if d is None:
-                raise NotFoundError(tr("投递记录不存在", "no such delivery"))
-            owned = d.status == S.SENDING and d.leased_by == claim.token
-            if attempt is not None:
-                attempt.finished_at = now
-                attempt.outcome = (outcome.attempt_outcome or outcome.kind) if owned else "stale"
-                attempt.error_code = outcome.code
-                attempt.error_zh = outcome.text.render("zh") if outcome.text else None
-                attempt.error_en = outcome.text.render("en") if outcome.text else None
-            if not owned:
-                return d.status
-            d.lease_until = None
-            d.leased_by = None
-            d.updated_at = now
-            if outcome.external_ref is not None:
-                d.external_ref = outcome.external_ref
-            kind = outcome.kind
-            if kind == "retry" and d.attempts >= max_attempts:
-                _end(
-                    d,
-                    S.FAILED,
-                    now,
-                    tr(
-                        "已尝试 {n} 次仍未成功：{last}",
-                        "gave up after {n} attempts: {last}",
-                        n=d.attempts,
-                        last=outcome.text or "",
-                    ),
-                    code=outcome.code or "attempts_exhausted",
+            }
+            return [
+                self._finish(
+                    rows.get(c.delivery.id),
+                    attempts.get(c.token),
+                    c,
+                    o,
+                    max_attempts=max_attempts,
+                    now=now,
                 )
-            elif kind == "retry":
-                retry_at = outcome.retry_at or now
-                d.status = S.PENDING
-                d.due_at = retry_at
-                d.enqueued_at = retry_at  # the caller rings with a countdown to this time
-                _set_error(d, outcome.text, outcome.code)
-            elif kind == "sent":
-                d.status = S.SENT
-                d.sent_at = now
-                _set_error(d, None, None)
-            elif kind == "delivered":
-                d.status = S.DELIVERED
-                d.sent_at = d.sent_at or now
-                d.delivered_at = now
-                d.finished_at = now
-                _set_error(d, None, None)
-            else:
-                status = {
-                    "failed": S.FAILED,
-                    "skipped": S.SKIPPED,
-                    "expired": S.EXPIRED,
-                    "cancelled": S.CANCELLED,
-                }[kind]
-                _end(d, status, now, outcome.text, code=outcome.code)
+                for c, o in results
+            ]
+
+    @staticmethod
+    def _finish(
+        d: Delivery | None,
+        attempt: Attempt | None,
+        claim: Claim,
+        outcome: Outcome,
+        *,
+        max_attempts: int,
+        now: datetime,
+    ) -> str:
+        if d is None:
+            raise NotFoundError(tr("投递记录不存在", "no such delivery"))
+        owned = d.status == S.SENDING and d.leased_by == claim.token
+        if attempt is not None:
+            attempt.finished_at = now
+            attempt.outcome = (outcome.attempt_outcome or outcome.kind) if owned else "stale"
+            attempt.error_code = outcome.code
+            attempt.error_zh = outcome.text.render("zh") if outcome.text else None
+            attempt.error_en = outcome.text.render("en") if outcome.text else None
+        if not owned:
             return d.status
+        d.lease_until = None
+        d.leased_by = None
+        d.updated_at = now
+        if outcome.external_ref is not None:
+            d.external_ref = outcome.external_ref
+        kind = outcome.kind
+        if kind == "retry" and d.attempts >= max_attempts:
+            _end(
+                d,
+                S.FAILED,
+                now,
+                tr(
+                    "已尝试 {n} 次仍未成功：{last}",
+                    "gave up after {n} attempts: {last}",
+                    n=d.attempts,
+                    last=outcome.text or "",
+                ),
+                code=outcome.code or "attempts_exhausted",
+            )
+        elif kind == "retry":
+            retry_at = outcome.retry_at or now
+            d.status = S.PENDING
+            d.due_at = retry_at
+            d.enqueued_at = retry_at  # the caller rings with a countdown to this time
+            _set_error(d, outcome.text, outcome.code)
+        elif kind == "sent":
+            d.status = S.SENT
+            d.sent_at = now
+            _set_error(d, None, None)
+        elif kind == "delivered":
+            d.status = S.DELIVERED
+            d.sent_at = d.sent_at or now
+            d.delivered_at = now
+            d.finished_at = now
+            _set_error(d, None, None)
+        else:
+            status = {
+                "failed": S.FAILED,
+                "skipped": S.SKIPPED,
+                "expired": S.EXPIRED,
+                "cancelled": S.CANCELLED,
+            }[kind]
+            _end(d, status, now, outcome.text, code=outcome.code)
+        return d.status
 
     def sweep(
         self,
@@ -767,7 +814,7 @@ class Store:
     ) -> list[tuple[NoticeView, DeliveryView]]:
         """Notices on this feed endpoint that are (or are being) published, newest first."""
         shown = [S.SENDING, S.SENT, S.DELIVERED, S.EXPIRED, S.CANCELLED]
-        with self.session() as s:
+        with self.session(readonly=True) as s:
             q = (
                 select(Delivery, Notice)
                 .join(Notice, Notice.id == Delivery.notice_id)

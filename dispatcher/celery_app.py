@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from content_queue.registry import ENDPOINT_KINDS
 from content_queue.settings import Settings, get_settings
@@ -33,7 +33,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_queues": [Queue(queue_for(k)) for k in ENDPOINT_KINDS],  # type: ignore[no-untyped-call]
+        # Each queue has its own direct exchange: bound to a shared default exchange, one
+        # message would be copied into every channel's queue.
+        "task_queues": [
+            Queue(queue_for(k), Exchange(queue_for(k), type="direct"), routing_key=queue_for(k))  # type: ignore[no-untyped-call]
+            for k in ENDPOINT_KINDS
+        ],
         "task_default_queue": queue_for("tv_feed"),
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 4,
@@ -57,8 +62,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         conf["broker_transport_options"] = {"visibility_timeout": 3600}
         conf["broker_connection_max_retries"] = 3
     if url.startswith("sqla+"):
-        # kombu hands these to create_engine; the poll interval has its own setting.
-        conf["broker_polling_interval"] = 0.2
+        # Same transport, shorter poll (see _sqla_transport); kombu hands the transport
+        # options to create_engine.
+        conf["broker_url"] = url.removeprefix("sqla+")
+        conf["broker_transport"] = "dispatcher._sqla_transport:Transport"
         conf["broker_transport_options"] = {"connect_args": {"timeout": 60}}
     return conf
 
@@ -74,7 +81,7 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
-_apps: dict[str, Celery] = {app.conf.broker_url: app}
+_apps: dict[str, Celery] = {get_settings().resolved_broker_url: app}
 
 
 def app_for(settings: Settings) -> Celery:

@@ -35,7 +35,7 @@ def ring(
     sigs = [
         app.signature(
             "villagecast.deliver",
-            args=(batch,),
+            args=(batch, kind),
             queue=queue_for(kind),
             countdown=countdown,
             immutable=True,

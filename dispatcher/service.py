@@ -203,6 +203,7 @@ def process_deliveries(
     settings: Settings,
     ring: Ringer | None,
     worker: str | None = None,
+    kind: str | None = None,
 ) -> dict[int, str]:
     """Claim and attempt these deliveries; returns each claimed delivery's new status."""
     worker = worker or worker_name()
@@ -211,45 +212,60 @@ def process_deliveries(
     results: dict[int, str] = {}
     retry: dict[str, list[int]] = {}
     retry_at: datetime | None = None
-    # Claim one delivery at a time: a batch of slow sends (a paced WeCom robot) must not
-    # hold leases on work it has not started, or the sweeper would hand it out twice.
-    for delivery_id in ids:
+    # Claim just before sending: a batch of slow sends (a paced WeCom robot) must not hold
+    # leases on work it has not started, or the sweeper would hand it out twice. Channels
+    # whose sends are fast and idempotent claim a few at a time to save transactions.
+    pending = list(ids)
+    kind = kind or (_kind_of(store, pending[0]) if pending else None)
+    channel = get_channel(kind) if kind else None
+    chunk = max(1, channel.claim_chunk if channel else 1)
+    while pending:
+        batch, pending = pending[:chunk], pending[chunk:]
         claims = store.claim(
-            [delivery_id],
+            batch,
             worker=worker,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
         if not claims:
             continue
-        claim = claims[0]
         if registry is None and registry_error is None:
             try:
                 registry = registry_cache.get(settings.devices)
             except VillagecastError as exc:
                 registry_error = exc
-        if registry is None:
-            assert registry_error is not None
-            outcome = Outcome(
-                "retry",
-                registry_error.text,
-                code="registry",
-                retry_at=utcnow() + timedelta(seconds=backoff_seconds(claim.attempt, settings)),
-                attempt_outcome="config",
-            )
-        else:
-            outcome = _attempt(claim, store=store, registry=registry, settings=settings)
-        status = store.finish(claim, outcome, max_attempts=settings.max_attempts)
-        results[claim.delivery.id] = status
-        if status == "pending" and outcome.retry_at is not None:
-            retry.setdefault(claim.delivery.kind, []).append(claim.delivery.id)
-            retry_at = max(retry_at, outcome.retry_at) if retry_at else outcome.retry_at
+        outcomes: list[tuple[Claim, Outcome]] = []
+        for claim in claims:
+            if registry is None:
+                assert registry_error is not None
+                delay = backoff_seconds(claim.attempt, settings)
+                outcome = Outcome(
+                    "retry",
+                    registry_error.text,
+                    code="registry",
+                    retry_at=utcnow() + timedelta(seconds=delay),
+                    attempt_outcome="config",
+                )
+            else:
+                outcome = _attempt(claim, store=store, registry=registry, settings=settings)
+            outcomes.append((claim, outcome))
+        statuses = store.finish_many(outcomes, max_attempts=settings.max_attempts)
+        for (claim, outcome), status in zip(outcomes, statuses, strict=True):
+            results[claim.delivery.id] = status
+            if status == "pending" and outcome.retry_at is not None:
+                retry.setdefault(claim.delivery.kind, []).append(claim.delivery.id)
+                retry_at = max(retry_at, outcome.retry_at) if retry_at else outcome.retry_at
     if retry and ring is not None and retry_at is not None:
         try:
             ring(retry, max(0.0, (retry_at - utcnow()).total_seconds()))
         except Exception as exc:  # the sweeper rings again after redoorbell_seconds
             log.warning("retry doorbell failed: %s", type(exc).__name__)
     return results
+
+
+def _kind_of(store: Store, delivery_id: int) -> str | None:
+    found = store.deliveries(ids=[delivery_id])
+    return found[0].kind if found else None
 
 
 def sweep_once(*, store: Store, settings: Settings, ring: Ringer | None) -> SweepReport:

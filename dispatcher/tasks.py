@@ -23,7 +23,7 @@ def _ring(ids_by_kind: Mapping[str, Sequence[int]], countdown: float | None) -> 
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def deliver(delivery_ids: list[int]) -> dict[str, str]:
+def deliver(delivery_ids: list[int], kind: str | None = None) -> dict[str, str]:
     """Deliver a batch of deliveries of one channel kind (ids only; the store is the truth).
 
     Retries are not Celery retries: a transient failure is written to the store with its
@@ -31,7 +31,9 @@ def deliver(delivery_ids: list[int]) -> dict[str, str]:
     """
     settings = get_settings()
     store = service.open_store(settings)
-    results = service.process_deliveries(delivery_ids, store=store, settings=settings, ring=_ring)
+    results = service.process_deliveries(
+        delivery_ids, store=store, settings=settings, ring=_ring, kind=kind
+    )
     return {str(k): v for k, v in results.items()}
 
 

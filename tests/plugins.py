@@ -54,6 +54,7 @@ class NoopChannel(Channel):
     """Does nothing and confirms at once: measures the dispatcher's own overhead."""
 
     kind: ClassVar = "tv_feed"  # type: ignore[misc]
+    claim_chunk: ClassVar[int] = 25
 
     def send(self, ctx: DeliveryContext) -> SendResult:
         return SendResult("delivered")

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -41,11 +42,13 @@ class Workers:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.files: list[BinaryIO] = []
 
     def start(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         log = (self.home / f"worker-{len(self.procs)}.log").open("wb")
+        self.files.append(log)
         proc = spawn_worker(env=env, concurrency=concurrency, stdout=log, stderr=log)
         self.procs.append(proc)
         return proc
@@ -63,6 +66,8 @@ class Workers:
                 except (subprocess.TimeoutExpired, ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+        for fh in self.files:
+            fh.close()
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.home.glob("worker-*.log"))
