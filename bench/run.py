@@ -115,11 +115,17 @@ def environment(broker: str | None, villages: int) -> Iterator[Path]:
 def worker(concurrency: int = 2) -> Iterator[None]:
     from dispatcher.worker import spawn_worker
 
-    proc = spawn_worker(env=dict(os.environ), concurrency=concurrency, sweeper=False)
+    proc = spawn_worker(
+        env=dict(os.environ),
+        concurrency=concurrency,
+        sweeper=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:

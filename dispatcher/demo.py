@@ -224,6 +224,10 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
             for vid, village in registry.villages.items():
                 if any(ep.kind == "tv_feed" for ep in village.endpoints):
                     http.get(f"{stack.feed_url}/feeds/{vid}.atom").raise_for_status()
+        # The server records a fetch just after answering it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and store.count_open(ids, ("delivered", "skipped")):
+            time.sleep(0.1)
         _print_summary(store, ids, Console(), Table)
         deliveries = [d for nid in ids for d in store.deliveries(nid)]
         ok = settled and all(d.status in ("delivered", "skipped") for d in deliveries)

@@ -64,7 +64,7 @@ class Stack:
             self.server.server_close()
         if self.worker is not None and self.worker.poll() is None:
             try:
-                os.killpg(self.worker.pid, signal.SIGTERM)
+                os.kill(self.worker.pid, signal.SIGTERM)  # warm shutdown: finish tasks
                 self.worker.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.worker.pid, signal.SIGKILL)

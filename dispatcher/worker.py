@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import IO
 
 from content_queue.registry import ENDPOINT_KINDS
 from content_queue.settings import Settings, get_settings
@@ -71,8 +72,8 @@ def spawn_worker(
     concurrency: int | None = None,
     sweeper: bool = True,
     loglevel: str = "WARNING",
-    stdout: int | None = None,
-    stderr: int | None = None,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `python -m dispatcher.worker` in its own process group (so it can be killed whole)."""
     cmd = [sys.executable, "-m", "dispatcher.worker", "--loglevel", loglevel]

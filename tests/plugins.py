@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from channels.base import Channel, ChannelLimits, DeliveryContext, SendResult, TransientError
 from content_queue.i18n import tr
+from content_queue.registry import EndpointKind
 
 
 def side_effects_path() -> Path:
@@ -33,7 +34,7 @@ class RecordingChannel(Channel):
     transiently on the first attempt.
     """
 
-    kind: ClassVar = "tv_feed"  # type: ignore[misc]
+    kind: ClassVar[EndpointKind] = "tv_feed"
     limits: ClassVar[ChannelLimits] = ChannelLimits(max_body_chars=5000, confirms="ack")
 
     def send(self, ctx: DeliveryContext) -> SendResult:
@@ -53,7 +54,7 @@ class RecordingChannel(Channel):
 class NoopChannel(Channel):
     """Does nothing and confirms at once: measures the dispatcher's own overhead."""
 
-    kind: ClassVar = "tv_feed"  # type: ignore[misc]
+    kind: ClassVar[EndpointKind] = "tv_feed"
     claim_chunk: ClassVar[int] = 25
 
     def send(self, ctx: DeliveryContext) -> SendResult:

@@ -61,7 +61,7 @@ class Workers:
         for proc in self.procs:
             if proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.kill(proc.pid, signal.SIGTERM)
                     proc.wait(timeout=15)
                 except (subprocess.TimeoutExpired, ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
