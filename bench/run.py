@@ -143,8 +143,10 @@ def _wait_for(pred: Callable[[], bool], timeout: float = 300) -> None:
 
 def _warm(home: Path) -> None:
     from content_queue.settings import get_settings
+    from dispatcher import service
     from dispatcher.celery_app import app_for
 
+    service.registry_cache.get(get_settings().devices)  # a running CLI/worker has it loaded
     app = app_for(get_settings())
     app.send_task("villagecast.ping", args=("warm",), queue="vc.tv_feed")
     _wait_for(lambda: (home / "warm").exists(), 60)

@@ -538,9 +538,12 @@ def _wrong_value(err: ErrorDetails, field: str, raw: str | None) -> Text:
             op=tr("不小于" if ge else "不大于", "at least" if ge else "at most"),
             n=ctx.get("ge" if ge else "le"),
         )
-    if kind == "value_error":  # registry.py writes these as "English / 中文"
-        en, _, zh = str(ctx.get("error", err["msg"])).partition(" / ")
-        return tr(zh or en, en)
+    if kind == "vc_ingest_secret":
+        return tr(
+            "设置了 ingest_url 就必须设置 ingest_secret_env（保存 HMAC 密钥的环境变量名）",
+            "ingest_url needs ingest_secret_env (the name of the environment variable "
+            "holding the HMAC secret)",
+        )
     return tr("{k}：{msg}", "{k}: {msg}", k=name, msg=err["msg"])
 
 

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from content_queue.errors import NoticeError
 from content_queue.i18n import tr
 
 __all__ = [
     "ENDPOINT_KINDS",
+    "ID_PATTERN",
     "County",
     "Endpoint",
     "EndpointKind",
@@ -123,9 +125,10 @@ class TvFeedEndpoint(_EndpointBase):
     @model_validator(mode="after")
     def _secret_with_url(self) -> TvFeedEndpoint:
         if self.ingest_url and not self.ingest_secret_env:
-            raise ValueError(
+            raise PydanticCustomError(
+                "vc_ingest_secret",
                 "ingest_url needs ingest_secret_env (the environment variable holding the "
-                "HMAC secret) / 设置了 ingest_url 就必须设置 ingest_secret_env"
+                "HMAC secret)",
             )
         return self
 
@@ -175,11 +178,6 @@ class RegistryFile(_Model):
     townships: list[Township] = Field(min_length=1)
     official_accounts: list[OfficialAccountEndpoint] = Field(default_factory=list)
 
-    @field_validator("townships")
-    @classmethod
-    def _nonempty(cls, value: list[Township]) -> list[Township]:
-        return value
-
 
 @dataclass(frozen=True)
 class Target:
@@ -197,7 +195,10 @@ AnyEndpoint = _ANY_ENDPOINT | OfficialAccountEndpoint
 
 
 class Registry:
-    """Indexes over a validated :class:`RegistryFile` (built by :func:`load_registry`)."""
+    """Indexes over a validated :class:`RegistryFile`.
+
+    Build it with :func:`load_registry`, which also rejects duplicate ids and dangling
+    references; a Registry made directly from a model trusts that those checks passed."""
 
     def __init__(self, doc: RegistryFile, *, source: Path | None = None) -> None:
         self.doc = doc
@@ -286,7 +287,8 @@ class Registry:
         return out
 
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Ids of townships, villages, endpoints and devices (also safe in URLs and file names)."""
 
 
 def load_registry(path: Path | str) -> Registry:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import socket
 import threading
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 from channels.tv_feed import FEED_FORMATS, MEDIA_TYPES, feed_endpoint, feed_file, render_feed
 from content_queue.errors import NotFoundError
-from content_queue.registry import Registry
+from content_queue.registry import ID_PATTERN, Registry
 from content_queue.settings import Settings
 from content_queue.store import Store, utcnow
 
@@ -32,7 +31,7 @@ __all__ = ["FeedServer", "make_server", "serve_in_thread"]
 log = logging.getLogger(__name__)
 
 # The registry's Ident pattern: a village id never contains '/' or starts with '.'.
-_VILLAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VILLAGE_ID = ID_PATTERN
 _NOT_FOUND = (
     "未找到（订阅源地址：/feeds/<村id>.atom、.rss 或 .json）\n"
     "not found (feeds are at /feeds/<village>.atom, .rss or .json)\n"

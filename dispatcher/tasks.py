@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 from celery import shared_task
+from celery.signals import worker_process_init
 
 from content_queue.settings import get_settings
 from dispatcher import service
 from dispatcher.doorbell import ring as ring_doorbell
 
 __all__ = ["deliver", "ping"]
+
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _preload(**_: object) -> None:
+    """Each worker process reads devices.yaml when it starts, not at the first notice."""
+    from content_queue.errors import VillagecastError
+
+    try:
+        service.registry_cache.get(get_settings().devices)
+    except VillagecastError as exc:  # deliveries will report it; keep the worker up
+        log.warning("devices.yaml cannot be loaded yet: %s", exc.render("en"))
 
 
 def _ring(ids_by_kind: Mapping[str, Sequence[int]], countdown: float | None) -> object:

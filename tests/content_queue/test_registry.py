@@ -429,6 +429,21 @@ def test_second_tv_feed_in_a_village(tmp_path: Path) -> None:
     assert "每个村只能有一个 tv_feed 端点" in zh
 
 
+def test_ingest_url_without_its_secret_name(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        village(
+            """\
+            - {id: liuzhuang-tv, kind: tv_feed, ingest_url: "http://127.0.0.1:9/in"}
+            """
+        ),
+    )
+    problem, zh, en = only(path)
+    assert problem.line == 10
+    assert "必须设置 ingest_secret_env" in zh
+    assert "ingest_url needs ingest_secret_env" in en
+
+
 def test_invalid_utf8(tmp_path: Path) -> None:
     path = tmp_path / "devices.yaml"
     path.write_bytes(
