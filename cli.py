@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
-import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -35,12 +35,39 @@ def h(zh: str, en: str) -> str:
     return zh if _HELP_LANG == "zh" else en
 
 
+# typer's usage errors (its vendored click) speak English; the common ones get Chinese here.
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+_USAGE_ZH = [
+    (re.compile(r"^Missing option '(.+)'\.?$"), "缺少选项 {0}"),
+    (re.compile(r"^Missing argument '(.+)'\.?$"), "缺少参数 {0}"),
+    (re.compile(r"^No such option: (\S+)"), "没有这个选项：{0}"),
+    (re.compile(r"^No such command '([^']+)'"), "没有这个命令：{0}"),
+    (re.compile(r"^Invalid value for '(.+?)': (.*)$", re.S), "选项 {0} 的值无效：{1}"),
+    (re.compile(r"^Got unexpected extra arguments? \((.*)\)$"), "多余的参数：{0}"),
+    (re.compile(r"^Option '(.+)' requires an argument\.?$"), "选项 {0} 需要一个值"),
+]
+
+
+def _usage_zh(message: str) -> str:
+    for pattern, template in _USAGE_ZH:
+        m = pattern.match(message)
+        if m:
+            return template.format(*m.groups())
+    return message
+
+
 class _Group(TyperGroup):
     """Turns every VillagecastError into one clear sentence and an exit status."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except _UsageError as exc:
+            if current_lang() == "zh" and hasattr(exc, "format_message"):
+                translated = _usage_zh(str(exc.format_message()))
+                # MissingParameter builds its text on demand, so replace what is shown.
+                setattr(exc, "format_message", lambda: translated)  # noqa: B010
+            raise
         except VillagecastError as exc:
             typer.secho(exc.render(), err=True, fg="red")
             raise typer.Exit(exc.exit_code) from None
@@ -56,6 +83,8 @@ class _Group(TyperGroup):
 
 def _crash(exc: BaseException) -> NoReturn:
     """An unexpected error: one sentence for the user, the traceback to a log file."""
+    import traceback
+
     log_hint = ""
     try:
         from content_queue.settings import get_settings

@@ -253,3 +253,10 @@ def test_unexpected_error_is_logged_not_shown(home: Path, monkeypatch: pytest.Mo
     assert code == 70
     assert "内部错误（RuntimeError）" in err and "secret internals" not in err + out
     assert "secret internals" in (home / "logs" / "crash.log").read_text()
+
+
+def test_usage_errors_in_chinese(home: Path) -> None:
+    code, _, err = run("notice", "add", "--title", "x")
+    assert code == 2 and "缺少选项 --category" in err
+    code, _, err = run("--lang", "en", "notice", "add", "--title", "x")
+    assert code == 2 and "Missing option '--category'" in err
