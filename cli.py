@@ -533,6 +533,17 @@ def _wait(store: Store, notice_id: int, *, timeout: float, quiet: bool) -> None:
         _print_deliveries(store.deliveries(notice_id))
 
 
+def _village_names() -> dict[str, str]:
+    """Village names for display; ids when devices.yaml cannot be read right now."""
+    try:
+        from dispatcher.service import registry_cache
+
+        registry = registry_cache.get(_settings().devices)
+    except VillagecastError:
+        return {}
+    return {vid: v.name for vid, v in registry.villages.items()}
+
+
 def _print_deliveries(deliveries: list[DeliveryView]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -549,20 +560,19 @@ def _print_deliveries(deliveries: list[DeliveryView]) -> None:
         "cancelled": "dim",
     }
     zh = current_lang() == "zh"
+    names = _village_names()
     table = Table(show_lines=False)
-    for col in (
-        ("村", "village"),
-        ("渠道", "channel"),
-        ("端点", "endpoint"),
-        ("状态", "status"),
-        ("次数", "tries"),
-        ("说明", "detail"),
-    ):
-        table.add_column(col[0] if zh else col[1])
+    table.add_column("村" if zh else "village", no_wrap=True)
+    table.add_column("渠道" if zh else "channel", no_wrap=True)
+    table.add_column("端点" if zh else "endpoint", overflow="fold")
+    table.add_column("状态" if zh else "status", no_wrap=True)
+    table.add_column("次数" if zh else "tries", justify="right")
+    table.add_column("说明" if zh else "detail", overflow="fold", ratio=2)
     for d in deliveries:
         colour = colours.get(d.status, "yellow")
+        village = names.get(d.village_id, d.village_id) if d.village_id else "-"
         table.add_row(
-            d.village_id or "-",
+            village,
             _label(KIND_LABELS, d.kind),
             d.endpoint_id,
             f"[{colour}]{_label(STATUS_LABELS, d.status)}[/]",

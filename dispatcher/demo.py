@@ -191,7 +191,8 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
     standins = _start_ingest_standins(registry)
     _say("数据目录：{h}", "data directory: {h}", h=home)
     _say("正在启动工作进程……", "starting the worker...")
-    stack: Stack = start_stack(settings=settings)
+    worker_log = home / "logs" / "worker.log"
+    stack: Stack = start_stack(settings=settings, worker_log=worker_log, worker_loglevel="INFO")
     try:
         store = service.open_store(settings)
 
@@ -234,9 +235,12 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
         first_village = next(iter(registry.villages))
         _say(
             "\n查看某村的订阅源：VILLAGECAST_HOME={h} villagecast feed {v} --format atom\n"
-            "查看通知详情：VILLAGECAST_HOME={h} villagecast notice show {id}",
+            "查看通知详情：VILLAGECAST_HOME={h} villagecast notice show {id}\n"
+            "工作进程日志：{log}",
             "\nSee a village feed: VILLAGECAST_HOME={h} villagecast feed {v} --format atom\n"
-            "See a notice: VILLAGECAST_HOME={h} villagecast notice show {id}",
+            "See a notice: VILLAGECAST_HOME={h} villagecast notice show {id}\n"
+            "Worker log: {log}",
+            log=worker_log,
             h=home,
             v=first_village,
             id=ids[0],

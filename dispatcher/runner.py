@@ -10,7 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from content_queue.i18n import tr
 from content_queue.settings import Settings, get_settings
@@ -31,11 +32,27 @@ class Stack:
     env: dict[str, str]
     concurrency: int | None
     worker_loglevel: str = "WARNING"
+    worker_log: Path | None = None
+    """Where the worker writes its log; None means this process's stdout and stderr."""
     stop_event: threading.Event = field(default_factory=threading.Event)
     worker: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
     server: Any = None
     restarts: int = 0
+    _log_fh: IO[bytes] | None = None
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        if self.worker_log is not None and self._log_fh is None:
+            self.worker_log.parent.mkdir(parents=True, exist_ok=True)
+            self._log_fh = self.worker_log.open("ab")
+        return spawn_worker(
+            env=self.env,
+            concurrency=self.concurrency,
+            sweeper=False,
+            loglevel=self.worker_loglevel,
+            stdout=self._log_fh,
+            stderr=self._log_fh,
+        )
 
     @property
     def feed_url(self) -> str:
@@ -50,12 +67,7 @@ class Stack:
             if self.worker is not None and self.worker.poll() is not None:
                 self.restarts += 1
                 log.warning("worker exited (%s); restarting", self.worker.returncode)
-                self.worker = spawn_worker(
-                    env=self.env,
-                    concurrency=self.concurrency,
-                    sweeper=False,
-                    loglevel=self.worker_loglevel,
-                )
+                self.worker = self.spawn()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -73,6 +85,8 @@ class Stack:
                 pass
         for t in self.threads:
             t.join(timeout=10)
+        if self._log_fh is not None:
+            self._log_fh.close()
 
 
 def start_stack(
@@ -81,6 +95,7 @@ def start_stack(
     concurrency: int | None = None,
     feed_server: bool = True,
     worker_loglevel: str = "WARNING",
+    worker_log: Path | None = None,
     on_ready: Callable[[Stack], None] | None = None,
 ) -> Stack:
     settings = settings or get_settings()
@@ -90,10 +105,9 @@ def start_stack(
         env=dict(os.environ),
         concurrency=concurrency,
         worker_loglevel=worker_loglevel,
+        worker_log=worker_log,
     )
-    stack.worker = spawn_worker(
-        env=stack.env, concurrency=concurrency, sweeper=False, loglevel=worker_loglevel
-    )
+    stack.worker = stack.spawn()
     sweeper = threading.Thread(
         target=run_sweeper,
         args=(settings,),
