@@ -59,6 +59,17 @@ class Settings(BaseSettings):
     """Public base URL of the feeds (for links inside them); default http://host:port."""
     http_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # MQTT (LED boards and loudspeakers, issue #3).
+    mqtt_url: str | None = None
+    """mqtt://user@host:port of the broker; default an embedded broker started by `up`."""
+    mqtt_password_env: str = "VILLAGECAST_MQTT_PASSWORD"
+    """Name of the environment variable holding the dispatcher's MQTT password."""
+    mqtt_prefix: str = Field(default="vc/v1", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    mqtt_keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    command_ttl_seconds: int = Field(default=86400, ge=60)
+    """Commands of notices without an expiry stop being valid after this long."""
+    max_clock_skew_seconds: int = Field(default=300, ge=1)
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -75,6 +86,10 @@ class Settings(BaseSettings):
     @property
     def broker_is_embedded(self) -> bool:
         return self.resolved_broker_url.startswith("sqla+")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
 
     @property
     def feeds_dir(self) -> Path:
