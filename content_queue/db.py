@@ -19,7 +19,18 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Attempt", "AuditEntry", "Base", "Delivery", "FeedFetch", "Notice", "UTCDateTime"]
+__all__ = [
+    "Attempt",
+    "AuditEntry",
+    "Base",
+    "Delivery",
+    "Device",
+    "DeviceCommand",
+    "FeedFetch",
+    "Notice",
+    "PresenceEvent",
+    "UTCDateTime",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -140,3 +151,47 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(32))
     notice_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class DeviceCommand(Base):
+    """A signed command sent to a device for a delivery, and what the device said of it."""
+
+    __tablename__ = "device_commands"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sync: Mapped[bool] = mapped_column(default=False)
+    """Re-sent to a device that came back with no memory of what to show."""
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    acked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ack_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    ack_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    ack_detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class Device(Base):
+    """The last known state of an LED board or loudspeaker."""
+
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="unknown")
+    last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    firmware: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    capabilities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    showing: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PresenceEvent(Base):
+    __tablename__ = "presence_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    fresh_boot: Mapped[bool] = mapped_column(default=False)

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # MQTT (LED boards and loudspeakers, issue #3).
     mqtt_url: str | None = None
     """mqtt://user@host:port of the broker; default an embedded broker started by `up`."""
-    mqtt_password_env: str = "VILLAGECAST_MQTT_PASSWORD"
+    mqtt_password_env: str = "VILLAGECAST_MQTT_PASSWORD"  # noqa: S105 - a name, not a secret
     """Name of the environment variable holding the dispatcher's MQTT password."""
     mqtt_prefix: str = Field(default="vc/v1", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     mqtt_keepalive_seconds: int = Field(default=30, ge=5, le=3600)

@@ -24,17 +24,30 @@ from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select,
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from content_queue.db import Attempt, AuditEntry, Base, Delivery, FeedFetch, Notice
+from content_queue.db import (
+    Attempt,
+    AuditEntry,
+    Base,
+    Delivery,
+    Device,
+    DeviceCommand,
+    FeedFetch,
+    Notice,
+    PresenceEvent,
+)
 from content_queue.errors import NotFoundError, StoreError
 from content_queue.i18n import Text, tr
 from content_queue.models import NoticeDraft
 
 __all__ = [
+    "ACKED_KINDS",
+    "ACK_SUCCESS",
     "SETTLED",
     "TERMINAL",
     "Claim",
     "DeliveryStatus",
     "DeliveryView",
+    "DeviceView",
     "NoticeView",
     "Outcome",
     "PlannedDelivery",
@@ -625,6 +638,14 @@ class Store:
                     select(Attempt).where(Attempt.delivery_id.in_(ids), Attempt.worker.in_(tokens))
                 )
             }
+            acked = frozenset(
+                s.scalars(
+                    select(DeviceCommand.delivery_id).where(
+                        DeviceCommand.delivery_id.in_(ids),
+                        DeviceCommand.ack_status.in_(ACK_SUCCESS),
+                    )
+                )
+            )
             return [
                 self._finish(
                     rows.get(c.delivery.id),
@@ -633,6 +654,7 @@ class Store:
                     o,
                     max_attempts=max_attempts,
                     now=now,
+                    acked=acked,
                 )
                 for c, o in results
             ]
@@ -646,6 +668,7 @@ class Store:
         *,
         max_attempts: int,
         now: datetime,
+        acked: frozenset[int] = frozenset(),
     ) -> str:
         if d is None:
             raise NotFoundError(tr("投递记录不存在", "no such delivery"))
@@ -687,6 +710,11 @@ class Store:
             d.status = S.SENT
             d.sent_at = now
             _set_error(d, None, None)
+            if d.kind in ACKED_KINDS and d.id in acked:
+                # The device acked before this worker recorded the publish.
+                d.status = S.DELIVERED
+                d.delivered_at = now
+                d.finished_at = now
         elif kind == "delivered":
             d.status = S.DELIVERED
             d.sent_at = d.sent_at or now
@@ -865,6 +893,221 @@ class Store:
                 .execution_options(synchronize_session=False)
             )
             return bool(getattr(res, "rowcount", 0))
+
+    # -- devices (LED boards, loudspeakers) ----------------------------------------------
+
+    def record_command(
+        self,
+        *,
+        command_id: str,
+        delivery_id: int,
+        device_id: str,
+        kind: str,
+        issued_at: datetime,
+        expires_at: datetime,
+        sync: bool = False,
+    ) -> None:
+        """Remember a signed command before it is published (idempotent per command id)."""
+        with self.session() as s:
+            if s.get(DeviceCommand, command_id) is None:
+                s.add(
+                    DeviceCommand(
+                        id=command_id,
+                        delivery_id=delivery_id,
+                        device_id=device_id,
+                        kind=kind,
+                        issued_at=issued_at,
+                        expires_at=expires_at,
+                        sync=sync,
+                    )
+                )
+
+    def mark_published(self, command_id: str, *, now: datetime | None = None) -> None:
+        with self.session() as s:
+            s.execute(
+                update(DeviceCommand)
+                .where(DeviceCommand.id == command_id)
+                .values(published_at=now or utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    def record_ack(
+        self,
+        *,
+        device_id: str,
+        command_id: str,
+        status: str,
+        reason: str | None,
+        detail: str | None,
+        now: datetime | None = None,
+    ) -> str | None:
+        """A device answered a command; returns the delivery's status afterwards.
+
+        ``device_id`` comes from the topic the ack arrived on (the broker's ACL lets a device
+        write only its own), so an ack for another device's command is ignored.
+        """
+        now = now or utcnow()
+        with self.session() as s:
+            cmd = s.get(DeviceCommand, command_id)
+            if cmd is None or cmd.device_id != device_id:
+                return None
+            cmd.acked_at = now
+            cmd.ack_status = status
+            cmd.ack_reason = reason
+            cmd.ack_detail = (detail or "")[:255] or None
+            d = s.get(Delivery, cmd.delivery_id)
+            if d is None:
+                return None
+            if status in ACK_SUCCESS:
+                if d.status == S.SENT:
+                    d.status = S.DELIVERED
+                    d.delivered_at = now
+                    d.finished_at = now
+                    d.updated_at = now
+                return d.status
+            if cmd.sync or reason == "replayed" or d.status not in (S.SENT, S.SENDING):
+                return d.status  # a re-sync or a late duplicate does not undo a delivery
+            why = REJECTION_TEXTS.get(reason or "", tr("设备拒绝", "the device refused"))
+            if reason == "expired":
+                _end(d, S.EXPIRED, now, why, code="device_expired")
+            else:
+                text = tr(
+                    "设备 {dev} 拒绝了指令：{why}",
+                    "device {dev} rejected the command: {why}",
+                    dev=device_id,
+                    why=why,
+                )
+                _end(d, S.FAILED, now, text, code=f"device_{reason or 'rejected'}")
+            return d.status
+
+    def record_presence(
+        self,
+        *,
+        device_id: str,
+        state: str,
+        at: datetime,
+        firmware: str | None = None,
+        capabilities: Sequence[str] = (),
+        showing: Sequence[str] = (),
+        fresh_boot: bool = False,
+    ) -> None:
+        now = utcnow()
+        with self.session() as s:
+            dev = s.get(Device, device_id)
+            if dev is None:
+                dev = Device(device_id=device_id, updated_at=now)
+                s.add(dev)
+            if dev.last_seen is not None and at < dev.last_seen:
+                return  # an old retained message replayed after a newer one
+            changed = dev.state != state
+            dev.state = state
+            dev.last_seen = at
+            dev.updated_at = now
+            if firmware is not None:
+                dev.firmware = firmware
+            dev.capabilities = list(capabilities)
+            if state == "online":
+                dev.showing = list(showing)
+            if changed or fresh_boot:
+                s.add(PresenceEvent(device_id=device_id, state=state, at=at, fresh_boot=fresh_boot))
+
+    def devices(self) -> list[DeviceView]:
+        with self.session(readonly=True) as s:
+            return [
+                DeviceView(
+                    device_id=d.device_id,
+                    state=d.state,
+                    last_seen=d.last_seen,
+                    firmware=d.firmware,
+                    capabilities=list(d.capabilities or []),
+                    showing=list(d.showing or []),
+                    updated_at=d.updated_at,
+                )
+                for d in s.scalars(select(Device).order_by(Device.device_id))
+            ]
+
+    def presence_history(
+        self, device_id: str, *, limit: int = 50
+    ) -> list[tuple[str, datetime, bool]]:
+        with self.session(readonly=True) as s:
+            q = (
+                select(PresenceEvent)
+                .where(PresenceEvent.device_id == device_id)
+                .order_by(PresenceEvent.at.desc(), PresenceEvent.id.desc())
+                .limit(limit)
+            )
+            return [(e.state, e.at, e.fresh_boot) for e in s.scalars(q)]
+
+    def commands_for(self, delivery_id: int) -> list[dict[str, Any]]:
+        with self.session(readonly=True) as s:
+            q = select(DeviceCommand).where(DeviceCommand.delivery_id == delivery_id)
+            return [
+                {
+                    "id": c.id,
+                    "device": c.device_id,
+                    "sync": c.sync,
+                    "published_at": c.published_at,
+                    "acked_at": c.acked_at,
+                    "ack_status": c.ack_status,
+                    "ack_reason": c.ack_reason,
+                }
+                for c in s.scalars(q.order_by(DeviceCommand.issued_at))
+            ]
+
+    def sync_candidates(
+        self, device_id: str, *, now: datetime | None = None
+    ) -> list[tuple[NoticeView, DeviceView | None, int, str]]:
+        """What a device that lost its memory should show again: (notice, _, delivery, kind)."""
+        now = now or utcnow()
+        with self.session(readonly=True) as s:
+            q = (
+                select(Delivery.id, Delivery.kind, Notice)
+                .join(DeviceCommand, DeviceCommand.delivery_id == Delivery.id)
+                .join(Notice, Notice.id == Delivery.notice_id)
+                .where(
+                    DeviceCommand.device_id == device_id,
+                    Delivery.status.in_([S.SENT, S.DELIVERED]),
+                    Notice.state == "active",
+                    or_(Notice.expires_at.is_(None), Notice.expires_at > now),
+                )
+                .distinct()
+                .order_by(Delivery.id)
+            )
+            return [(NoticeView.of(n), None, did, kind) for did, kind, n in s.execute(q)]
+
+
+ACKED_KINDS = frozenset({"led", "speaker"})
+"""Channels whose deliveries are confirmed by a device ack."""
+ACK_SUCCESS = ("shown", "played", "cleared", "stopped")
+
+REJECTION_TEXTS: dict[str, Text] = {
+    "bad_signature": tr(
+        "签名校验失败（指令可能被篡改，或签名密钥不对）", "the signature did not verify"
+    ),
+    "unknown_key": tr(
+        "设备不认识签名密钥（请给设备下发新的公钥）", "the device does not know the signing key"
+    ),
+    "wrong_device": tr("指令发给了别的设备", "the command was for another device"),
+    "expired": tr("指令到达设备时已过期", "the command had expired when it arrived"),
+    "clock_skew": tr(
+        "设备时钟与调度器相差太大（请校准设备时间）",
+        "the device clock is too far from the dispatcher's (set its time)",
+    ),
+    "replayed": tr("设备已执行过这条指令", "the device had already run this command"),
+    "malformed": tr("设备无法解析这条指令", "the device could not parse the command"),
+    "unsupported": tr("设备不支持这种指令", "the device does not support this command"),
+}
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    device_id: str
+    state: str
+    last_seen: datetime | None
+    firmware: str | None
+    capabilities: list[str]
+    showing: list[str]
+    updated_at: datetime
 
 
 def _set_error(d: Delivery, text: Text | None, code: str | None) -> None:
