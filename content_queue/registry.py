@@ -98,13 +98,25 @@ class WecomGroupEndpoint(_EndpointBase):
     voice: bool = False
 
 
+Colour = Literal["red", "green", "yellow", "white", "blue"]
+
+
+def _default_colours() -> list[Colour]:
+    return ["red", "green", "yellow"]
+
+
 class LedEndpoint(_EndpointBase):
     """An LED board subscribing over MQTT."""
 
     kind: Literal["led"]
     device_id: Ident
     encoding: Literal["gb2312", "gbk", "utf-8"] = "gb2312"
+    chars_per_line: int = Field(default=16, ge=4, le=200)
+    """Full-width (Chinese) characters per line; ASCII counts half."""
+    lines: int = Field(default=2, ge=1, le=32)
+    colours: list[Colour] = Field(default_factory=_default_colours)
     max_chars: int = Field(default=512, ge=8, le=10000)
+    """Longest body this board takes (more would page for too long)."""
 
 
 class SpeakerEndpoint(_EndpointBase):

@@ -16,6 +16,10 @@ from content_queue.i18n import tr
 __all__ = ["Settings", "get_settings", "reset_settings"]
 
 
+EMBEDDED_MQTT_URL = "mqtt://127.0.0.1:18830"
+"""Where `villagecast up` runs its embedded MQTT broker (loopback only)."""
+
+
 def _default_home() -> Path:
     return Path(platformdirs.user_data_dir("villagecast", appauthor=False))
 
@@ -86,6 +90,14 @@ class Settings(BaseSettings):
     @property
     def broker_is_embedded(self) -> bool:
         return self.resolved_broker_url.startswith("sqla+")
+
+    @property
+    def resolved_mqtt_url(self) -> str:
+        return self.mqtt_url or EMBEDDED_MQTT_URL
+
+    @property
+    def mqtt_is_embedded(self) -> bool:
+        return self.mqtt_url is None
 
     @property
     def keys_dir(self) -> Path:
