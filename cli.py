@@ -130,8 +130,14 @@ app = _typer(
 )
 notice_app = _typer("录入和查看通知", "add and inspect notices")
 devices_app = _typer("检查 devices.yaml（村、乡镇和设备登记）", "check devices.yaml")
+keys_app = _typer("设备指令签名密钥", "signing keys for device commands")
+mqtt_app = _typer("MQTT 服务器配置", "MQTT broker configuration")
+device_app = _typer("参考设备与模拟器", "the reference device and simulator")
 app.add_typer(notice_app, name="notice")
 app.add_typer(devices_app, name="devices")
+app.add_typer(keys_app, name="keys")
+app.add_typer(mqtt_app, name="mqtt")
+app.add_typer(device_app, name="device")
 
 
 @app.callback()
@@ -800,6 +806,244 @@ def feed(
     sys.stdout.buffer.write(data)
     if not data.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")
+
+
+# -- devices over MQTT (LED boards, loudspeakers) ------------------------------------------
+
+
+@devices_app.command(
+    "status",
+    help=h("列出 LED 屏和广播的在线状态与当前内容", "online state and content of every device"),
+)
+def devices_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from content_queue.registry import LedEndpoint, SpeakerEndpoint
+    from dispatcher.service import registry_cache
+
+    settings = _settings()
+    known = {d.device_id: d for d in _store(settings).devices()}
+    registry = registry_cache.get(settings.devices)
+    rows = []
+    for ep in registry.endpoints.values():
+        if isinstance(ep, (LedEndpoint, SpeakerEndpoint)):
+            d = known.get(ep.device_id)
+            rows.append(
+                {
+                    "device": ep.device_id,
+                    "endpoint": ep.id,
+                    "kind": ep.kind,
+                    "village": registry.endpoint_village.get(ep.id),
+                    "state": d.state if d else "unknown",
+                    "last_seen": d.last_seen.isoformat() if d and d.last_seen else None,
+                    "firmware": d.firmware if d else None,
+                    "showing": d.showing if d else [],
+                }
+            )
+    if as_json:
+        _echo_json(rows)
+        return
+    zh = current_lang() == "zh"
+    names = _village_names()
+    states = {"online": ("在线", "online", "green"), "offline": ("离线", "offline", "red")}
+    table = Table()
+    for zh_name, en_name in (
+        ("设备", "device"),
+        ("村", "village"),
+        ("类型", "kind"),
+        ("状态", "state"),
+        ("最后在线", "last seen"),
+        ("正在显示", "showing"),
+    ):
+        table.add_column(zh_name if zh else en_name)
+    for r in rows:
+        label = states.get(str(r["state"]), ("未知", "unknown", "yellow"))
+        table.add_row(
+            str(r["device"]),
+            names.get(str(r["village"]), str(r["village"])),
+            "LED" if r["kind"] == "led" else ("广播" if zh else "speaker"),
+            f"[{label[2]}]{label[0] if zh else label[1]}[/]",
+            _ts(datetime.fromisoformat(str(r["last_seen"]))) if r["last_seen"] else "-",
+            ", ".join(r["showing"]) if isinstance(r["showing"], list) else "",
+        )
+    Console().print(table)
+
+
+@keys_app.command(
+    "init", help=h("生成签名密钥对（私钥文件权限 600）", "create the signing key pair")
+)
+def keys_init(
+    force: Annotated[
+        bool, typer.Option("--force", help=h("覆盖已有密钥", "overwrite existing keys"))
+    ] = False,
+) -> None:
+    from channels.keys import Keyring
+
+    settings = _settings()
+    settings.ensure_home()
+    keyring = Keyring.init(settings.keys_dir, force=force)
+    typer.echo(
+        tr(
+            "已生成签名密钥 {k}（{d}）。用 villagecast keys export 导出公钥给设备。",
+            "created signing key {k} in {d}; give devices the public key with "
+            "`villagecast keys export`",
+            k=keyring.active().key_id,
+            d=settings.keys_dir,
+        ).render()
+    )
+
+
+@keys_app.command(
+    "rotate",
+    help=h("轮换签名密钥，旧钥在过渡期内仍有效", "rotate the signing key with an overlap window"),
+)
+def keys_rotate(overlap_days: Annotated[int, typer.Option("--overlap-days", min=1)] = 30) -> None:
+    from channels.keys import Keyring
+
+    settings = _settings()
+    new = Keyring.load(settings.keys_dir).rotate(overlap_days=overlap_days)
+    typer.echo(
+        tr(
+            "新签名密钥 {k} 已启用；旧密钥在 {n} 天内仍被设备接受，请在此期间给所有设备下发新公钥",
+            "new signing key {k} is active; devices keep accepting the old one for {n} days",
+            k=new.key_id,
+            n=overlap_days,
+        ).render()
+    )
+
+
+@keys_app.command(
+    "export", help=h("导出设备需要的公钥（JSON）", "print the public keys devices need (JSON)")
+)
+def keys_export() -> None:
+    from channels.keys import Keyring
+
+    _echo_json(Keyring.load(_settings().keys_dir).export_public())
+
+
+@mqtt_app.command(
+    "config",
+    help=h(
+        "为 devices.yaml 生成 mosquitto 配置、密码文件和 ACL",
+        "write a mosquitto config, password file and ACL for devices.yaml",
+    ),
+)
+def mqtt_config(
+    out: Annotated[Path, typer.Option("--out", help=h("输出目录", "output directory"))] = Path(
+        "mosquitto"
+    ),
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help=h("mosquitto 持久化目录", "mosquitto persistence directory")
+        ),
+    ] = None,
+    listen_host: Annotated[str, typer.Option("--listen-host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 1883,
+    tls_cafile: Annotated[Path | None, typer.Option("--tls-cafile")] = None,
+    tls_certfile: Annotated[Path | None, typer.Option("--tls-certfile")] = None,
+    tls_keyfile: Annotated[Path | None, typer.Option("--tls-keyfile")] = None,
+    tls_port: Annotated[int, typer.Option("--tls-port")] = 8883,
+) -> None:
+    from channels._mqtt import parse_mqtt_url
+    from dispatcher.mqtt_config import (
+        CREDENTIALS_FILE,
+        TlsOptions,
+        generate,
+        load_credentials,
+        write,
+    )
+    from dispatcher.service import registry_cache
+
+    settings = _settings()
+    registry = registry_cache.get(settings.devices)
+    cred_path = out / CREDENTIALS_FILE
+    existing = load_credentials(cred_path) if cred_path.exists() else None
+    tls = None
+    if tls_cafile or tls_certfile or tls_keyfile:
+        if not (tls_cafile and tls_certfile and tls_keyfile):
+            raise typer.BadParameter(
+                h(
+                    "TLS 需要同时给出 --tls-cafile、--tls-certfile 和 --tls-keyfile",
+                    "TLS needs --tls-cafile, --tls-certfile and --tls-keyfile together",
+                )
+            )
+        tls = TlsOptions(
+            cafile=tls_cafile, certfile=tls_certfile, keyfile=tls_keyfile, port=tls_port
+        )
+    user = parse_mqtt_url(settings.mqtt_url).username if settings.mqtt_url else None
+    config = generate(
+        registry,
+        prefix=settings.mqtt_prefix,
+        listen_host=listen_host,
+        port=port,
+        data_dir=(data_dir or out / "data").resolve(),
+        dispatcher_user=user or "villagecast-dispatcher",
+        existing_credentials=existing,
+        tls=tls,
+    )
+    paths = write(config, out)
+    typer.echo(
+        tr(
+            "已写入 {d}：{files}（{n} 个账号）。"
+            "密码只在 credentials.json 中（权限 600），请妥善保管。",
+            "wrote {files} to {d} ({n} identities). Passwords are only in credentials.json "
+            "(mode 600).",
+            n=len(config.credentials),
+            d=out,
+            files=", ".join(p.name for p in paths),
+        ).render()
+    )
+
+
+@device_app.command(
+    "simulate",
+    help=h(
+        "运行 devices.yaml 中的模拟 LED 屏和广播（或 N 个合成设备）",
+        "run simulated boards and loudspeakers",
+    ),
+)
+def device_simulate(
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            help=h(
+                "改为运行 N 个合成设备 sim-0000…", "run N synthetic devices sim-0000... instead"
+            ),
+        ),
+    ] = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help=h("只运行这些设备", "only these devices"))
+    ] = None,
+) -> None:
+    from dispatcher.simulate import run_simulator
+
+    run_simulator(_settings(), count=count, only=device or None)
+
+
+@app.command(
+    "listen",
+    help=h(
+        "运行设备监听（回执与在线状态；up 已包含）",
+        "run the device listener (acks and presence; part of `up`)",
+    ),
+)
+def listen() -> None:
+    import logging
+    import signal
+    import threading
+
+    from dispatcher.acks import run_listener
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        run_listener(_settings(), stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
 
 
 # -- running -------------------------------------------------------------------------------

@@ -197,7 +197,6 @@ def secret_from_env(name: str, *, endpoint_id: str) -> str:
 
 # Kinds whose channel lands in a later issue: deliveries to them end 'skipped' until then.
 PLANNED_CHANNELS: dict[str, Text] = {
-    "led": tr("LED 屏渠道尚未上线（计划中：#3）", "the LED channel is not built yet (issue #3)"),
     "speaker": tr(
         "广播音箱渠道尚未上线（计划中：#4）", "the loudspeaker channel is not built yet (issue #4)"
     ),
@@ -213,6 +212,7 @@ PLANNED_CHANNELS: dict[str, Text] = {
 
 _BUILTIN: dict[str, str] = {
     "tv_feed": "channels.tv_feed:TvFeedChannel",
+    "led": "channels.led:LedChannel",
 }
 _registered: dict[str, type[Channel]] = {}
 _instances: dict[str, Channel] = {}

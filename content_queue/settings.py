@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     command_ttl_seconds: int = Field(default=86400, ge=60)
     """Commands of notices without an expiry stop being valid after this long."""
     max_clock_skew_seconds: int = Field(default=300, ge=1)
+    ack_timeout_seconds: float = Field(default=180.0, gt=0)
+    """An online device that has not acked a command this long gets it again."""
 
     @field_validator("home", mode="after")
     @classmethod

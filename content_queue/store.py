@@ -219,6 +219,7 @@ class SweepReport:
     reclaimed: int = 0
     gave_up: int = 0
     expired: int = 0
+    resent: int = 0
 
     @property
     def rung(self) -> int:
@@ -736,6 +737,7 @@ class Store:
         *,
         max_attempts: int,
         redoorbell_seconds: float,
+        ack_timeout_seconds: float | None = None,
         now: datetime | None = None,
         limit: int = 5000,
     ) -> SweepReport:
@@ -810,6 +812,32 @@ class Store:
                     d.enqueued_at = None
                     d.updated_at = now
                     report.reclaimed += 1
+
+            # Commands the broker accepted but an online device never acked: the broker may
+            # have lost them (killed between autosaves) or the ack was lost. Send again with
+            # the same command id; the device drops the duplicate and acks.
+            if ack_timeout_seconds is not None:
+                online = select(Device.device_id).where(Device.state == "online")
+                unacked = select(DeviceCommand.delivery_id).where(
+                    DeviceCommand.device_id.in_(online),
+                    DeviceCommand.acked_at.is_(None),
+                    DeviceCommand.sync.is_(False),
+                )
+                for d in s.scalars(
+                    select(Delivery)
+                    .where(
+                        Delivery.kind.in_(ACKED_KINDS),
+                        Delivery.status == S.SENT,
+                        Delivery.sent_at < now - timedelta(seconds=ack_timeout_seconds),
+                        Delivery.id.in_(unacked),
+                    )
+                    .limit(limit)
+                ):
+                    d.status = S.PENDING
+                    d.due_at = now
+                    d.enqueued_at = None
+                    d.updated_at = now
+                    report.resent += 1
 
             # Doorbells: due work whose last doorbell is missing or too old.
             stale = now - timedelta(seconds=redoorbell_seconds)
@@ -959,6 +987,11 @@ class Store:
             if d is None:
                 return None
             if status in ACK_SUCCESS:
+                dev = s.get(Device, device_id)
+                if dev is not None and status in ("shown", "cleared"):
+                    showing = [c for c in (dev.showing or []) if c != command_id]
+                    dev.showing = [*showing, command_id] if status == "shown" else showing
+                    dev.updated_at = now
                 if d.status == S.SENT:
                     d.status = S.DELIVERED
                     d.delivered_at = now

@@ -143,6 +143,21 @@ def _start_ingest_standins(registry: Registry) -> list[ThreadingHTTPServer]:
     return servers
 
 
+def _start_boards(settings: Any) -> list[Any]:
+    """Simulated LED boards (the reference device) for every board in devices.yaml."""
+    from dispatcher.simulate import build_devices
+
+    boards = [d for d in build_devices(settings) if d.kind == "led"]
+    for board in boards:
+        board.start()
+    _say(
+        "已启动 {n} 块模拟 LED 屏（参考设备，校验签名后显示并回执）",
+        "started {n} simulated LED boards (reference devices: verify, show, ack)",
+        n=len(boards),
+    )
+    return boards
+
+
 def _say(zh: str, en: str, **kw: Any) -> None:
     print(tr(zh, en, **kw).render(), flush=True)
 
@@ -193,6 +208,7 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
     _say("正在启动工作进程……", "starting the worker...")
     worker_log = home / "logs" / "worker.log"
     stack: Stack = start_stack(settings=settings, worker_log=worker_log, worker_loglevel="INFO")
+    boards = _start_boards(settings)
     try:
         store = service.open_store(settings)
 
@@ -251,6 +267,8 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
     except VillagecastError:
         raise
     finally:
+        for board in boards:
+            board.stop()
         stack.stop()
         for server in standins:
             server.shutdown()

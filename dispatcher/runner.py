@@ -38,6 +38,7 @@ class Stack:
     worker: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = field(default_factory=list)
     server: Any = None
+    mqtt_broker: Any = None
     restarts: int = 0
     _log_fh: IO[bytes] | None = None
 
@@ -85,6 +86,8 @@ class Stack:
                 pass
         for t in self.threads:
             t.join(timeout=10)
+        if self.mqtt_broker is not None:
+            self.mqtt_broker.stop()
         if self._log_fh is not None:
             self._log_fh.close()
 
@@ -96,16 +99,31 @@ def start_stack(
     feed_server: bool = True,
     worker_loglevel: str = "WARNING",
     worker_log: Path | None = None,
+    devices: bool = True,
     on_ready: Callable[[Stack], None] | None = None,
 ) -> Stack:
+    """Start the worker, sweeper, feed server and, for devices, the MQTT side.
+
+    With ``devices`` and no VILLAGECAST_MQTT_URL, an embedded MQTT broker is started on
+    loopback; the device listener (acks, presence, re-sync) runs in a thread.
+    """
     settings = settings or get_settings()
     store = service.open_store(settings)  # migrates before the worker starts
+    broker = None
+    if devices and settings.mqtt_is_embedded:
+        from dispatcher.embedded_mqtt import EmbeddedBroker
+
+        broker = EmbeddedBroker(settings.resolved_mqtt_url)
+        broker.start()
+    if devices:
+        ensure_keys(settings)
     stack = Stack(
         settings=settings,
         env=dict(os.environ),
         concurrency=concurrency,
         worker_loglevel=worker_loglevel,
         worker_log=worker_log,
+        mqtt_broker=broker,
     )
     stack.worker = stack.spawn()
     sweeper = threading.Thread(
@@ -119,6 +137,18 @@ def start_stack(
         target=stack._supervise, name="villagecast-supervisor", daemon=True
     )
     stack.threads += [sweeper, supervisor]
+    if devices:
+        from dispatcher.acks import run_listener
+
+        listener = threading.Thread(
+            target=run_listener,
+            args=(settings,),
+            kwargs={"stop": stack.stop_event},
+            name="villagecast-device-listener",
+            daemon=True,
+        )
+        stack.threads.append(listener)
+        listener.start()
     if feed_server:
         from dispatcher.feed_server import serve_in_thread
 
@@ -134,6 +164,24 @@ def start_stack(
     return stack
 
 
+def ensure_keys(settings: Settings) -> None:
+    """One machine on embedded defaults gets its signing keys on first start."""
+    from channels.keys import Keyring
+
+    if not (settings.keys_dir / "keyring.json").exists():
+        settings.ensure_home()
+        key = Keyring.init(settings.keys_dir).active()
+        print(
+            tr(
+                "已生成设备指令签名密钥 {k}（{d}）",
+                "created the device signing key {k} in {d}",
+                k=key.key_id,
+                d=settings.keys_dir,
+            ).render(),
+            flush=True,
+        )
+
+
 def run_up(*, concurrency: int | None = None) -> None:
     settings = get_settings()
     # devices.yaml must be valid before anything starts: fail with its errors now.
@@ -142,11 +190,16 @@ def run_up(*, concurrency: int | None = None) -> None:
     print(
         tr(
             "villagecast 已启动。数据目录：{home}\n电视平台订阅源：{url}/feeds/<村id>.atom"
-            "（.rss / .json）\n按 Ctrl-C 停止。",
+            "（.rss / .json）\nLED 屏和广播连接 MQTT：{mqtt}{embedded}\n按 Ctrl-C 停止。",
             "villagecast is running. Data directory: {home}\nTV feeds: {url}/feeds/<village>.atom"
-            " (.rss / .json)\nPress Ctrl-C to stop.",
+            " (.rss / .json)\nLED boards and loudspeakers: MQTT {mqtt}{embedded}\n"
+            "Press Ctrl-C to stop.",
             home=settings.home,
             url=stack.feed_url,
+            mqtt=settings.resolved_mqtt_url,
+            embedded=tr("（内置，仅本机）", " (embedded, this machine only)")
+            if settings.mqtt_is_embedded
+            else "",
         ).render(),
         flush=True,
     )

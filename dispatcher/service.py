@@ -272,6 +272,7 @@ def sweep_once(*, store: Store, settings: Settings, ring: Ringer | None) -> Swee
     report = store.sweep(
         max_attempts=settings.max_attempts,
         redoorbell_seconds=settings.redoorbell_seconds,
+        ack_timeout_seconds=settings.ack_timeout_seconds,
     )
     if report.ring and ring is not None:
         try:

@@ -44,12 +44,14 @@ def run_sweeper(
             report = service.sweep_once(store=store, settings=settings, ring=_ring)
             if report.rung or report.reclaimed or report.gave_up or report.expired:
                 log.info(
-                    "sweep: rang %d, released %d, reclaimed %d, gave up %d, expired %d",
+                    "sweep: rang %d, released %d, reclaimed %d, gave up %d, expired %d, "
+                    "re-sent unacked %d",
                     report.rung,
                     report.released,
                     report.reclaimed,
                     report.gave_up,
                     report.expired,
+                    report.resent,
                 )
         except VillagecastError as exc:
             log.warning("sweep failed: %s", exc.render("en"))

@@ -96,6 +96,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("VILLAGECAST_RETRY_BASE_SECONDS", "0.2")
     monkeypatch.setenv("VILLAGECAST_RETRY_CAP_SECONDS", "1")
     monkeypatch.setenv("VILLAGECAST_FEED_PORT", "0")
+    monkeypatch.setenv("VILLAGECAST_ACK_TIMEOUT_SECONDS", "3")
     monkeypatch.setenv("VILLAGECAST_LANG", "zh")
     reset_settings()
     yield data
@@ -153,3 +154,63 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+class Mosquitto:
+    """A real mosquitto on a free loopback port; persistent, so it can be restarted."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o777)  # mosquitto drops to its own user when started as root
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+            "log_dest stderr\nlog_type error\nlog_type warning\n",
+            encoding="utf-8",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = (self.workdir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    pytest.fail("mosquitto did not start")
+                time.sleep(0.05)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if not os.path.exists(MOSQUITTO):
+        if os.environ.get("VILLAGECAST_REQUIRE_SERVICES"):
+            pytest.fail(f"{MOSQUITTO} is not installed (scripts/dev setup installs it)")
+        pytest.skip(f"{MOSQUITTO} is not installed; `scripts/dev setup` installs it")
+    broker = Mosquitto(Path(f"/tmp/vc-mosq-{os.getpid()}-{time.monotonic_ns()}"))
+    broker.start()
+    yield broker
+    broker.stop()
+    shutil.rmtree(broker.workdir, ignore_errors=True)

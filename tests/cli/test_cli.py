@@ -80,10 +80,11 @@ def test_add_and_show_as_json(home: Path) -> None:
     assert shown["title"] == "村务公开"
     kinds = {d["endpoint"]: (d["kind"], d["status"]) for d in shown["deliveries"]}
     assert kinds["east-liu-tv"] == ("tv_feed", "pending")
-    assert kinds["east-liu-led"] == ("led", "skipped")
+    assert kinds["east-liu-led"] == ("led", "pending")
+    assert kinds["east-liu-wecom"] == ("wecom_group", "skipped")
     assert {"endpoint", "kind", "status", "attempts", "error"} <= set(shown["deliveries"][0])
     code, out, _ = run("notice", "list", "--json")
-    assert json.loads(out)[0]["deliveries"] == {"pending": 1, "skipped": 3}
+    assert json.loads(out)[0]["deliveries"] == {"pending": 2, "skipped": 2}
 
 
 def test_add_without_a_broker_keeps_the_notice(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -181,3 +181,58 @@ def test_database_is_sqlite_wal_and_migrated(store: Store) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     Store(store.url)  # opening again finds the schema current and does nothing
+
+
+def _sent_led(store: Store) -> int:
+    _, (d,) = store.add_notice(
+        build_notice(_notice()), [PlannedDelivery("a-led", "led", "a", "t")], now=T0
+    )
+    (claim,) = store.claim([d.id], worker="w", lease_seconds=5, max_attempts=5, now=T0)
+    store.record_command(
+        command_id=f"vc-{d.id}",
+        delivery_id=d.id,
+        device_id="led-a",
+        kind="led.show",
+        issued_at=T0,
+        expires_at=T0 + timedelta(days=1),
+    )
+    store.finish(claim, Outcome("sent"), max_attempts=5, now=T0)
+    return d.id
+
+
+def test_unacked_command_to_an_online_device_is_sent_again(store: Store) -> None:
+    did = _sent_led(store)
+    store.record_presence(device_id="led-a", state="online", at=T0)
+    later = T0 + timedelta(seconds=10)
+    assert (
+        store.sweep(max_attempts=5, redoorbell_seconds=60, ack_timeout_seconds=30, now=later).resent
+        == 0
+    )
+    report = store.sweep(max_attempts=5, redoorbell_seconds=60, ack_timeout_seconds=5, now=later)
+    assert report.resent == 1 and report.ring == {"led": [did]}
+
+
+def test_offline_device_keeps_its_queued_command(store: Store) -> None:
+    _sent_led(store)
+    store.record_presence(device_id="led-a", state="offline", at=T0)
+    later = T0 + timedelta(seconds=60)
+    assert (
+        store.sweep(max_attempts=5, redoorbell_seconds=60, ack_timeout_seconds=5, now=later).resent
+        == 0
+    )
+
+
+def test_ack_confirms_and_a_late_ack_is_kept_for_the_worker(store: Store) -> None:
+    did = _sent_led(store)
+    assert (
+        store.record_ack(
+            device_id="led-b", command_id=f"vc-{did}", status="shown", reason=None, detail=None
+        )
+        is None
+    )  # another device cannot ack this command
+    assert (
+        store.record_ack(
+            device_id="led-a", command_id=f"vc-{did}", status="shown", reason=None, detail=None
+        )
+        == "delivered"
+    )

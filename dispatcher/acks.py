@@ -1,0 +1,197 @@
+"""The device listener: records acks and presence, and re-syncs devices that lost memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from channels._mqtt import parse_mqtt_url
+from channels.keys import Keyring
+from channels.led import build_show_command, command_id_for, publisher_for
+from channels.protocol import Ack, DeviceState, encode, parse_topic, topic_cmd
+from content_queue.errors import VillagecastError
+from content_queue.registry import LedEndpoint, Registry
+from content_queue.settings import Settings
+from content_queue.store import Store, utcnow
+from dispatcher import service
+
+__all__ = ["DeviceListener", "run_listener"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024
+
+
+class DeviceListener:
+    """Subscribes to every device's ack and state topics (persistent session, QoS 1)."""
+
+    def __init__(self, settings: Settings, store: Store, *, client_id: str | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.address = parse_mqtt_url(settings.resolved_mqtt_url)
+        self.connected = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"villagecast-listener-{socket.gethostname()}",
+            clean_session=False,  # acks sent while the listener is down wait in the broker
+            protocol=mqtt.MQTTv311,
+        )
+        if self.address.username:
+            self.client.username_pw_set(
+                self.address.username, os.environ.get(settings.mqtt_password_env) or None
+            )
+        if self.address.tls:
+            self.client.tls_set()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *_a, **_k: self.connected.clear()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 30)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object = None
+    ) -> None:
+        if getattr(rc, "is_failure", False):
+            log.warning("listener: broker refused the connection (%s)", rc)
+            return
+        prefix = self.settings.mqtt_prefix
+        client.subscribe([(f"{prefix}/dev/+/ack", 1), (f"{prefix}/dev/+/state", 1)])
+        self.connected.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.handle(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
+        except VillagecastError as exc:  # database briefly unavailable: QoS 1 won't redeliver
+            log.warning("listener could not record %s: %s", msg.topic, exc.render("en"))
+        except Exception:
+            log.exception("listener failed on %s", msg.topic)
+
+    def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        parsed = parse_topic(self.settings.mqtt_prefix, topic)
+        if parsed is None or len(payload) > MAX_MESSAGE_BYTES:
+            return
+        device_id, channel = parsed
+        if channel == "ack":
+            try:
+                ack = Ack.model_validate(json.loads(payload))
+            except (ValueError, ValidationError):
+                log.warning("listener: malformed ack from %s", device_id)
+                return
+            if ack.device != device_id:
+                log.warning("listener: %s sent an ack in another device's name", device_id)
+                return
+            status = self.store.record_ack(
+                device_id=device_id,
+                command_id=ack.command,
+                status=ack.status,
+                reason=ack.reason,
+                detail=ack.detail,
+            )
+            log.info("ack %s from %s: %s -> %s", ack.command, device_id, ack.status, status)
+        elif channel == "state":
+            if not payload:
+                return  # a cleared retained message
+            try:
+                state = DeviceState.model_validate(json.loads(payload))
+            except (ValueError, ValidationError):
+                log.warning("listener: malformed state from %s", device_id)
+                return
+            if state.device != device_id:
+                return
+            # A live message is dated by its arrival (a Last Will carries the time of the
+            # connect it was registered with); a retained one replayed on reconnect by its own.
+            at = datetime.fromtimestamp(state.at, tz=UTC) if retained else utcnow()
+            self.store.record_presence(
+                device_id=device_id,
+                state=state.state,
+                at=at,
+                firmware=state.firmware,
+                capabilities=state.capabilities,
+                showing=state.showing,
+                fresh_boot=state.fresh_boot,
+            )
+            if state.state == "online" and state.fresh_boot:
+                self.sync(device_id)
+
+    def sync(self, device_id: str) -> int:
+        """Re-send what is still valid to a device that came back with no memory of it."""
+        try:
+            registry: Registry = service.registry_cache.get(self.settings.devices)
+            keyring = Keyring.load(self.settings.keys_dir)
+        except VillagecastError as exc:
+            log.warning("cannot sync %s: %s", device_id, exc.render("en"))
+            return 0
+        endpoint = next(
+            (
+                ep
+                for ep in registry.endpoints.values()
+                if isinstance(ep, LedEndpoint) and ep.device_id == device_id
+            ),
+            None,
+        )
+        if endpoint is None:
+            return 0
+        publisher = publisher_for(self.settings)
+        sent = 0
+        seq = int(time.time())
+        for notice, _, delivery_id, kind in self.store.sync_candidates(device_id):
+            if kind != "led":
+                continue
+            now = utcnow()
+            command_id = command_id_for(delivery_id, sync_seq=seq)
+            try:
+                command = build_show_command(
+                    notice=notice,
+                    endpoint=endpoint,
+                    delivery_id=delivery_id,
+                    command_id=command_id,
+                    keyring=keyring,
+                    settings=self.settings,
+                    now=now,
+                )
+                self.store.record_command(
+                    command_id=command_id,
+                    delivery_id=delivery_id,
+                    device_id=device_id,
+                    kind=command.kind,
+                    issued_at=now,
+                    expires_at=datetime.fromtimestamp(command.expires_at, tz=UTC),
+                    sync=True,
+                )
+                publisher.publish(topic_cmd(self.settings.mqtt_prefix, device_id), encode(command))
+                self.store.mark_published(command_id)
+                sent += 1
+            except VillagecastError as exc:
+                log.warning(
+                    "sync of delivery %s to %s failed: %s", delivery_id, device_id, exc.render("en")
+                )
+        log.info("synced %d notice(s) to %s after a fresh boot", sent, device_id)
+        return sent
+
+    def start(self) -> None:
+        self.client.connect_async(
+            self.address.host, self.address.port, self.settings.mqtt_keepalive_seconds
+        )
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_listener(settings: Settings, *, stop: threading.Event) -> None:
+    """Run until ``stop`` is set (a thread in `up`, a process beside each worker)."""
+    listener = DeviceListener(settings, service.open_store(settings))
+    listener.start()
+    try:
+        stop.wait()
+    finally:
+        listener.stop()
