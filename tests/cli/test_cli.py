@@ -261,3 +261,50 @@ def test_usage_errors_in_chinese(home: Path) -> None:
     assert code == 2 and "缺少选项 --category" in err
     code, _, err = run("--lang", "en", "notice", "add", "--title", "x")
     assert code == 2 and "Missing option '--category'" in err
+
+
+def test_keys_init_export_and_refuse_overwrite(home: Path) -> None:
+    code, out, _ = run("keys", "init")
+    assert code == 0 and "已生成签名密钥" in out
+    assert oct((home / "keys").stat().st_mode & 0o777) == "0o700"
+    code, out, _ = run("keys", "export")
+    exported = json.loads(out)
+    assert len(exported["keys"]) == 1 and "public_key" in exported["keys"][0]
+    assert "PRIVATE" not in out
+    code, _, err = run("keys", "init")
+    assert code != 0 and "Traceback" not in err
+
+
+def test_devices_status_lists_every_board_and_speaker(home: Path) -> None:
+    from content_queue.settings import get_settings
+    from content_queue.store import utcnow
+    from dispatcher.service import open_store
+
+    open_store(get_settings()).record_presence(
+        device_id="led-east-liu-01", state="online", at=utcnow()
+    )
+    code, out, _ = run("devices", "status", "--json")
+    assert code == 0
+    rows = {r["device"]: r for r in json.loads(out)}
+    assert rows["led-east-liu-01"]["state"] == "online"
+    assert rows["spk-east-wang-01"]["state"] == "unknown"
+    code, out, _ = run("devices", "status")
+    assert "在线" in out and "未知" in out
+
+
+def test_mqtt_config_writes_private_files(home: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "mosq"
+    code, out, _ = run("mqtt", "config", "--out", str(out_dir))
+    assert code == 0 and "credentials.json" in out
+    creds = (out_dir / "credentials.json").read_text()
+    for name in ("passwd", "credentials.json"):
+        assert oct((out_dir / name).stat().st_mode & 0o777) == "0o600"
+    password = json.loads(creds)["credentials"]["led-east-liu-01"]
+    assert password not in out
+    assert password not in (out_dir / "mosquitto.conf").read_text()
+    # Running it again keeps the passwords devices were provisioned with.
+    run("mqtt", "config", "--out", str(out_dir))
+    assert (
+        json.loads((out_dir / "credentials.json").read_text())["credentials"]["led-east-liu-01"]
+        == password
+    )
