@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # The registry's Ident pattern: a village id never contains '/' or starts with '.'.
 _VILLAGE_ID = ID_PATTERN
+_CLIP_NAME = re.compile(r"([0-9a-f]{64})\.(mp3|amr)")
+_AUDIO_TYPES = {"mp3": "audio/mpeg", "amr": "audio/amr"}
 _NOT_FOUND = (
     "未找到（订阅源地址：/feeds/<村id>.atom、.rss 或 .json）\n"
     "not found (feeds are at /feeds/<village>.atom, .rss or .json)\n"
@@ -100,6 +103,9 @@ class _FeedHandler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._text(200, "ok\n", head=head)
             return
+        if path.startswith("/audio/"):
+            self._audio(path.removeprefix("/audio/"), head=head)
+            return
         name = unquote(path.removeprefix("/feeds/")) if path.startswith("/feeds/") else ""
         village_id, dot, fmt = name.rpartition(".")
         if not (dot and fmt in FEED_FORMATS and _VILLAGE_ID.fullmatch(village_id)):
@@ -160,6 +166,33 @@ class _FeedHandler(BaseHTTPRequestHandler):
             log.exception("cannot record the fetch of %s.%s", endpoint.id, fmt)
             return
         log.info("%s.%s fetched (%s): %d confirmed", endpoint.id, fmt, status, confirmed)
+
+    def _audio(self, name: str, *, head: bool) -> None:
+        """Synthesized clips, public, named by the SHA-256 of their content (immutable)."""
+        m = _CLIP_NAME.fullmatch(name)
+        if m is None:
+            self._text(404, _NOT_FOUND, head=head)
+            return
+        path = self._srv.settings.home / "audio" / name
+        try:
+            data = path.read_bytes()
+        except OSError:
+            self._text(404, _NOT_FOUND, head=head)
+            return
+        etag = f'"{m.group(1)}"'
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", _AUDIO_TYPES[m.group(2)])
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", etag)
+        self.send_header("Cache-Control", "public, max-age=31536000, immutable")
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
 
     def _not_modified(self, headers: dict[str, str], mtime: float) -> bool:
         if_none_match = self.headers.get("If-None-Match")

@@ -255,3 +255,22 @@ def test_broken_registry_answers_503(settings: Settings, store: Store) -> None:
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def test_audio_clips_are_served_by_their_hash(settings: Settings, http: httpx.Client) -> None:
+    import hashlib
+
+    data = b"ID3 fake mp3 bytes"
+    digest = hashlib.sha256(data).hexdigest()
+    (settings.home / "audio").mkdir(parents=True, exist_ok=True)
+    (settings.home / "audio" / f"{digest}.mp3").write_bytes(data)
+    resp = http.get(f"/audio/{digest}.mp3")
+    assert resp.status_code == 200 and resp.content == data
+    assert resp.headers["content-type"] == "audio/mpeg"
+    assert resp.headers["etag"] == f'"{digest}"'
+    assert (
+        http.get(f"/audio/{digest}.mp3", headers={"If-None-Match": f'"{digest}"'}).status_code
+        == 304
+    )
+    assert http.get("/audio/../villagecast.sqlite").status_code == 404
+    assert http.get(f"/audio/{digest[:-1]}.mp3").status_code == 404
