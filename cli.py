@@ -219,6 +219,7 @@ def delivery_json(d: DeliveryView, attempts: list[dict[str, Any]] | None = None)
         "sent_at": d.sent_at.isoformat() if d.sent_at else None,
         "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
         "updated_at": d.updated_at.isoformat(),
+        "details": d.details,
     }
     if attempts is not None:
         out["attempt_log"] = [

@@ -23,7 +23,7 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal, final
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 from content_queue.errors import ConfigError, VillagecastError
 from content_queue.i18n import Text, tr
@@ -95,6 +95,8 @@ class SendResult:
 
     status: Literal["sent", "delivered"]
     external_ref: str | None = None
+    details: dict[str, Any] | None = None
+    """Facts worth keeping on the delivery (e.g. which speech engine spoke)."""
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,8 @@ class Delivery(Base):
     error_zh: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_en: Mapped[str | None] = mapped_column(Text, nullable=True)
     external_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """What the channel wants remembered: the engine that spoke, the clip, moved plays."""
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -152,6 +152,7 @@ class DeliveryView:
     error_en: str | None
     external_ref: str | None
     updated_at: datetime
+    details: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, d: Delivery) -> DeliveryView:
@@ -173,6 +174,7 @@ class DeliveryView:
             error_en=d.error_en,
             external_ref=d.external_ref,
             updated_at=d.updated_at,
+            details=dict(d.details) if d.details else None,
         )
 
     def error(self, lang: str = "zh") -> str | None:
@@ -210,6 +212,8 @@ class Outcome:
     external_ref: str | None = None
     attempt_outcome: str | None = None
     """What to record on the attempt row when it differs from ``kind`` (e.g. 'config')."""
+    details: dict[str, Any] | None = None
+    """Channel facts to keep on the delivery (merged into what is there)."""
 
 
 @dataclass
@@ -687,6 +691,8 @@ class Store:
         d.updated_at = now
         if outcome.external_ref is not None:
             d.external_ref = outcome.external_ref
+        if outcome.details:
+            d.details = {**(d.details or {}), **outcome.details}
         kind = outcome.kind
         if kind == "retry" and d.attempts >= max_attempts:
             _end(

@@ -193,7 +193,7 @@ def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settin
             retry_at=utcnow() + timedelta(seconds=delay),
             attempt_outcome="transient",
         )
-    return Outcome(result.status, external_ref=result.external_ref)
+    return Outcome(result.status, external_ref=result.external_ref, details=result.details)
 
 
 def process_deliveries(
