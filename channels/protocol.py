@@ -59,6 +59,7 @@ RejectReason = Literal[
     "replayed",
     "malformed",
     "unsupported",
+    "bad_clip",
 ]
 Priority = Literal["routine", "important", "emergency"]
 

@@ -1135,6 +1135,10 @@ REJECTION_TEXTS: dict[str, Text] = {
     "replayed": tr("设备已执行过这条指令", "the device had already run this command"),
     "malformed": tr("设备无法解析这条指令", "the device could not parse the command"),
     "unsupported": tr("设备不支持这种指令", "the device does not support this command"),
+    "bad_clip": tr(
+        "广播音箱下载的音频校验不符或无法下载（请检查音频服务地址）",
+        "the loudspeaker could not fetch the clip or its SHA-256 did not match",
+    ),
 }
 
 

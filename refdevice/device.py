@@ -58,6 +58,10 @@ class DeviceConnectionError(VillagecastError):
     """The broker could not be reached, or refused this device."""
 
 
+class _BadClip(ValueError):
+    """The clip of a speaker.play could not be fetched or did not match its hash."""
+
+
 class _BadBody(ValueError):
     pass
 
@@ -107,6 +111,11 @@ class ReferenceDevice:
         self.rejections: list[tuple[str, RejectReason]] = []
         self._showing: dict[str, Command] = {}
         self._played: dict[int, int] = {}  # speaker: delivery -> expires_at, so a sync won't replay
+        self.clips: dict[str, bytes] = {}
+        """speaker: the verified clip of each accepted command."""
+        self.plays: list[tuple[str, int, int]] = []
+        """speaker: (command id, play number, time) for every play that happened."""
+        self._timers: list[threading.Timer] = []
         self._guard = ReplayGuard()
         self._lock = threading.RLock()
         self._client: mqtt.Client | None = None
@@ -176,6 +185,8 @@ class ReferenceDevice:
                 detail = self._act(command)
             except _BadBody as exc:
                 return self._reject(Rejection("malformed", str(exc), command.id, command), now)
+            except _BadClip as exc:
+                return self._reject(Rejection("bad_clip", str(exc), command.id, command), now)
             self._guard.remember(command.id, command.expires_at)
             self._save()
             return self._ack(command, SUCCESS_STATUS[command.kind], now, detail=detail)
@@ -216,17 +227,62 @@ class ReferenceDevice:
     def _play(self, command: Command) -> str | None:
         if command.delivery in self._played:
             return f"delivery {command.delivery} already played"
+        clip = command.body.get("clip")
+        plays = command.body.get("plays") or [command.issued_at]
+        if not (isinstance(clip, dict) and isinstance(clip.get("url"), str)):
+            raise _BadBody("speaker.play needs body.clip.url and body.clip.sha256")
+        if not (isinstance(plays, list) and all(type(t) is int for t in plays)):
+            raise _BadBody("body.plays must be a list of unix times")
+        self.clips[command.id] = self._fetch_clip(clip["url"], str(clip.get("sha256", "")))
         self._played[command.delivery] = command.expires_at
         self._showing[command.id] = command
-        self.shown.append((command.id, command.notice, command.delivery))
+        now = int(self._clock())
+        total = len(plays)
+        for number, at in enumerate(sorted(plays), start=1):
+            if at <= now:
+                self._play_once(command, number, total, ack=False)
+            else:
+                timer = threading.Timer(at - now, self._play_once, (command, number, total))
+                timer.daemon = True
+                self._timers.append(timer)
+                timer.start()
         log.info(
-            "%s plays notice %d rev %d [%s]",
+            "%s accepted notice %d rev %d [%s]: %d play(s)",
             self.device_id,
             command.notice,
             command.revision,
             command.priority,
+            total,
         )
-        return None
+        return f"{total} play(s) planned"
+
+    def _fetch_clip(self, url: str, sha256: str) -> bytes:
+        """Download and verify a clip: a mismatching hash is refused, never played."""
+        import hashlib
+
+        import httpx
+
+        try:
+            data = httpx.get(url, timeout=10).raise_for_status().content
+        except httpx.HTTPError as exc:
+            raise _BadClip(f"cannot fetch the clip: {type(exc).__name__}") from exc
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise _BadClip("the clip's SHA-256 does not match")
+        return data
+
+    def _play_once(self, command: Command, number: int, total: int, *, ack: bool = True) -> None:
+        """'Play' (log) one play of the plan; later plays are acked as they happen."""
+        if command.id not in self._showing:
+            return  # stopped meanwhile
+        if command.expires_at <= int(self._clock()):
+            return
+        self.shown.append((command.id, command.notice, command.delivery))
+        self.plays.append((command.id, number, int(self._clock())))
+        log.info("%s plays notice %d (%d/%d)", self.device_id, command.notice, number, total)
+        client = self._client
+        if ack and client is not None:
+            done = self._ack(command, "played", int(self._clock()), detail=f"play {number}/{total}")
+            client.publish(topic_ack(self.prefix, self.device_id), encode(done), qos=1)
 
     def _remove(self, command: Command) -> list[str]:
         body = command.body

@@ -414,13 +414,57 @@ def test_newer_revision_replaces_older_and_late_old_one_is_not_shown(kit: Kit) -
     assert list(device.showing) == ["vc-3"]
 
 
-def test_speaker_plays_once_per_delivery_and_refuses_led_commands(kit: Kit) -> None:
+@pytest.fixture
+def clip_server() -> Iterator[tuple[str, bytes]]:
+    """Serves one clip at /audio/<sha>.mp3, like the dispatcher's clip service."""
+    import hashlib
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    data = b"ID3" + bytes(range(256)) * 8
+    digest = hashlib.sha256(data).hexdigest()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == f"/audio/{digest}.mp3"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Length", str(len(data) if ok else 0))
+            self.end_headers()
+            if ok:
+                self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/audio/{digest}.mp3", data
+    server.shutdown()
+    server.server_close()
+
+
+def _play_body(url: str, data: bytes, plays: list[int]) -> dict[str, Any]:
+    import hashlib
+
+    return {
+        "clip": {"url": url, "sha256": hashlib.sha256(data).hexdigest(), "format": "mp3"},
+        "repeat": 2,
+        "plays": plays,
+    }
+
+
+def test_speaker_plays_once_per_delivery_and_refuses_led_commands(
+    kit: Kit, clip_server: tuple[str, bytes]
+) -> None:
+    url, data = clip_server
     speaker = kit.device("spk-1", kind="speaker")
-    play = kit.command("spk-1", command_id="vc-p", kind="speaker.play", body={"audio": "x"})
+    now = int(kit.clock())
+    body = _play_body(url, data, [now])
+    play = kit.command("spk-1", command_id="vc-p", kind="speaker.play", body=body)
     kit.dispatcher.send("spk-1", encode(play))
     (ack,) = kit.dispatcher.ack_for("vc-p")
     assert ack.status == "played"
-    sync = kit.command("spk-1", command_id="vc-p-s1", kind="speaker.play", body={"audio": "x"})
+    assert speaker.clips["vc-p"] == data
+    sync = kit.command("spk-1", command_id="vc-p-s1", kind="speaker.play", body=body)
     kit.dispatcher.send("spk-1", encode(sync))
     (ack,) = kit.dispatcher.ack_for("vc-p-s1")
     assert ack.status == "played" and "already played" in (ack.detail or "")
@@ -432,6 +476,34 @@ def test_speaker_plays_once_per_delivery_and_refuses_led_commands(kit: Kit) -> N
     kit.dispatcher.send("spk-1", encode(kit.command("spk-1", command_id="vc-led")))
     (ack,) = kit.dispatcher.ack_for("vc-led")
     assert (ack.status, ack.reason) == ("rejected", "unsupported")
+
+
+def test_speaker_refuses_a_clip_whose_hash_does_not_match(
+    kit: Kit, clip_server: tuple[str, bytes]
+) -> None:
+    url, data = clip_server
+    speaker = kit.device("spk-2", kind="speaker")
+    body = _play_body(url, data + b"tampered", [int(kit.clock())])
+    kit.dispatcher.send(
+        "spk-2", encode(kit.command("spk-2", command_id="vc-h", kind="speaker.play", body=body))
+    )
+    (ack,) = kit.dispatcher.ack_for("vc-h")
+    assert (ack.status, ack.reason) == ("rejected", "bad_clip")
+    assert speaker.shown == []
+
+
+def test_speaker_plays_later_slots_of_its_plan(kit: Kit, clip_server: tuple[str, bytes]) -> None:
+    url, data = clip_server
+    speaker = kit.device("spk-3", kind="speaker")
+    now = int(kit.clock())
+    body = _play_body(url, data, [now, now + 2])
+    kit.dispatcher.send(
+        "spk-3", encode(kit.command("spk-3", command_id="vc-2x", kind="speaker.play", body=body))
+    )
+    acks = kit.dispatcher.ack_for("vc-2x", count=2)
+    assert [a.status for a in acks] == ["played", "played"]
+    assert acks[1].detail == "play 2/2"
+    assert [p[1] for p in speaker.plays] == [1, 2]
 
 
 # -- presence ---------------------------------------------------------------------------
