@@ -199,9 +199,6 @@ def secret_from_env(name: str, *, endpoint_id: str) -> str:
 
 # Kinds whose channel lands in a later issue: deliveries to them end 'skipped' until then.
 PLANNED_CHANNELS: dict[str, Text] = {
-    "speaker": tr(
-        "广播音箱渠道尚未上线（计划中：#4）", "the loudspeaker channel is not built yet (issue #4)"
-    ),
     "wecom_group": tr(
         "企业微信群机器人渠道尚未上线（计划中：#5）",
         "the WeCom group robot channel is not built yet (issue #5)",
@@ -215,6 +212,7 @@ PLANNED_CHANNELS: dict[str, Text] = {
 _BUILTIN: dict[str, str] = {
     "tv_feed": "channels.tv_feed:TvFeedChannel",
     "led": "channels.led:LedChannel",
+    "speaker": "channels.speaker:SpeakerChannel",
 }
 _registered: dict[str, type[Channel]] = {}
 _instances: dict[str, Channel] = {}

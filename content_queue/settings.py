@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, ValidationError, field_validator
@@ -73,6 +74,8 @@ class Settings(BaseSettings):
     command_ttl_seconds: int = Field(default=86400, ge=60)
     """Commands of notices without an expiry stop being valid after this long."""
     max_clock_skew_seconds: int = Field(default=300, ge=1)
+    tts_mode: Literal["auto", "edge", "offline"] = "auto"
+    """auto: edge-tts, falling back to espeak-ng offline; or one engine only."""
     ack_timeout_seconds: float = Field(default=180.0, gt=0)
     """An online device that has not acked a command this long gets it again."""
 

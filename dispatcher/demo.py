@@ -144,18 +144,20 @@ def _start_ingest_standins(registry: Registry) -> list[ThreadingHTTPServer]:
 
 
 def _start_boards(settings: Any) -> list[Any]:
-    """Simulated LED boards (the reference device) for every board in devices.yaml."""
+    """Reference devices for every LED board and loudspeaker in devices.yaml."""
     from dispatcher.simulate import build_devices
 
-    boards = [d for d in build_devices(settings) if d.kind == "led"]
-    for board in boards:
-        board.start()
+    devices = build_devices(settings)
+    for device in devices:
+        device.start()
     _say(
-        "已启动 {n} 块模拟 LED 屏（参考设备，校验签名后显示并回执）",
-        "started {n} simulated LED boards (reference devices: verify, show, ack)",
-        n=len(boards),
+        "已启动 {b} 块模拟 LED 屏和 {s} 个模拟广播音箱（参考设备：校验签名，显示或播放，回执）",
+        "started {b} simulated LED boards and {s} loudspeakers "
+        "(reference devices: verify, show or play, ack)",
+        b=sum(d.kind == "led" for d in devices),
+        s=sum(d.kind == "speaker" for d in devices),
     )
-    return boards
+    return devices
 
 
 def _say(zh: str, en: str, **kw: Any) -> None:
@@ -200,6 +202,8 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
     os.environ["VILLAGECAST_DEVICES"] = str(devices.resolve())
     os.environ.setdefault("VILLAGECAST_FEED_PORT", "0")
     os.environ.setdefault("VILLAGECAST_SWEEP_INTERVAL", "0.5")
+    # No external servers on embedded defaults: speak with the offline engine.
+    os.environ.setdefault("VILLAGECAST_TTS_MODE", "offline")
     reset_settings()
     settings = get_settings()
     registry = load_registry(settings.devices)

@@ -125,6 +125,18 @@ def start_stack(
         worker_log=worker_log,
         mqtt_broker=broker,
     )
+    if feed_server:
+        from dispatcher.feed_server import serve_in_thread
+
+        server, thread = serve_in_thread(
+            settings, store, lambda: service.registry_cache.get(settings.devices)
+        )
+        stack.server = server
+        stack.threads.append(thread)
+        if settings.feed_base_url is None:
+            # Links in feeds and clip URLs for loudspeakers must name the port really bound
+            # (port 0 picks a free one).
+            stack.env["VILLAGECAST_FEED_BASE_URL"] = stack.feed_url
     stack.worker = stack.spawn()
     sweeper = threading.Thread(
         target=run_sweeper,
@@ -149,14 +161,6 @@ def start_stack(
         )
         stack.threads.append(listener)
         listener.start()
-    if feed_server:
-        from dispatcher.feed_server import serve_in_thread
-
-        server, thread = serve_in_thread(
-            settings, store, lambda: service.registry_cache.get(settings.devices)
-        )
-        stack.server = server
-        stack.threads.append(thread)
     sweeper.start()
     supervisor.start()
     if on_ready is not None:

@@ -31,7 +31,9 @@ class Rig:
         self.devices: dict[str, ReferenceDevice] = {}
         self.listener = DeviceListener(settings, store, client_id=f"test-listener-{id(self)}")
 
-    def device(self, device_id: str, *, keyring: Keyring | None = None) -> ReferenceDevice:
+    def device(
+        self, device_id: str, *, keyring: Keyring | None = None, kind: str = "led"
+    ) -> ReferenceDevice:
         dev = ReferenceDevice(
             device_id=device_id,
             host="127.0.0.1",
@@ -39,6 +41,7 @@ class Rig:
             keyring=(keyring or self.keyring).public_keys(),
             state_dir=self.home / "device-state",
             keepalive=5,
+            kind="speaker" if kind == "speaker" else "led",
         )
         self.devices[device_id] = dev
         return dev
@@ -192,3 +195,44 @@ def test_fan_out_survives_broker_restart_and_worker_kill(
     assert set(rig.statuses(nid).values()) == {"delivered"}
     for b in boards:
         assert [s[1] for s in b.shown] == [nid], b.device_id  # shown exactly once
+
+
+def test_loudspeaker_speaks_the_notice_synthesized_once(
+    rig: Rig, workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatcher.feed_server import serve_in_thread
+
+    server, _ = serve_in_thread(
+        rig.settings, rig.store, lambda: load_registry(rig.settings.devices)
+    )
+    host, port = server.server_address[:2]
+    monkeypatch.setenv("VILLAGECAST_FEED_BASE_URL", f"http://{host}:{port}")
+    monkeypatch.setenv("VILLAGECAST_TTS_MODE", "offline")
+    reset_settings()
+    speaker = rig.device("spk-east-wang-01", kind="speaker")
+    speaker.start()
+    workers.start()
+    try:
+        first = rig.submit(
+            title="寒潮预警",
+            priority="emergency",
+            targets={"villages": ["east-wang"]},
+            channels=["speaker"],
+        )
+        again = rig.submit(
+            title="寒潮预警",
+            priority="emergency",
+            targets={"villages": ["east-wang"]},
+            channels=["speaker"],
+        )
+        rig.wait(lambda: rig.settled(first, again), "both plays")
+    finally:
+        server.shutdown()
+        server.server_close()
+    d1, d2 = rig.store.deliveries(first)[0], rig.store.deliveries(again)[0]
+    assert (d1.status, d2.status) == ("delivered", "delivered")
+    assert d1.details and d1.details["engine"] == "offline" and d1.details["cache_hit"] is False
+    assert d2.details and d2.details["cache_hit"] is True  # same script: synthesized once
+    assert d1.details["clip"] == d2.details["clip"]
+    clip = speaker.clips[f"vc-{d1.id}"]
+    assert clip[:3] == b"ID3" or clip[:2] == b"\xff\xfb"  # real MP3 bytes, hash verified
