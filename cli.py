@@ -1047,6 +1047,72 @@ def listen() -> None:
         stop.set()
 
 
+@app.command(
+    "speak",
+    help=h(
+        "试听：生成广播将要播出的内容（文字稿或音频），不会发送",
+        "hear (or read) what the loudspeakers will say, without broadcasting",
+    ),
+)
+def speak(
+    text: Annotated[str | None, typer.Argument(metavar="[TEXT]")] = None,
+    notice_id: Annotated[
+        int | None, typer.Option("--notice", help=h("通知编号", "notice id"))
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help=h("音频文件", "audio file"))] = None,
+    fmt: Annotated[str, typer.Option("--format", help="mp3 | amr")] = "mp3",
+    engine: Annotated[str | None, typer.Option("--engine", help="edge | offline")] = None,
+    script_only: Annotated[
+        bool, typer.Option("--script-only", help=h("只输出文字稿", "print the script only"))
+    ] = False,
+) -> None:
+    from channels._audio import ClipCache, synthesize_clip
+    from channels._speech_text import normalise
+    from channels.speaker import script_for
+    from channels.tts import Synthesizer, Voice
+
+    if (text is None) == (notice_id is None):
+        raise typer.BadParameter(h("请给出 TEXT 或 --notice（二选一）", "give TEXT or --notice"))
+    if fmt not in ("mp3", "amr") or engine not in (None, "edge", "offline"):
+        raise typer.BadParameter(h("格式为 mp3|amr，引擎为 edge|offline", "mp3|amr; edge|offline"))
+    settings = _settings()
+    script = (
+        normalise(text) if text is not None else script_for(_store(settings).notice(notice_id or 0))
+    )
+    typer.echo(script)
+    if script_only:
+        return
+    mode = engine or settings.tts_mode
+    clips, synthesis, _ = synthesize_clip(
+        ClipCache.for_settings(settings),
+        Synthesizer(mode=mode),  # type: ignore[arg-type]
+        script=script,
+        voice=Voice(),
+        fmt="amr" if fmt == "amr" else "mp3",
+    )
+    target = out or Path(f"villagecast-speak.{fmt}")
+    if len(clips) == 1:
+        target.write_bytes(clips[0].path.read_bytes())
+        written = [target]
+    else:  # AMR for WeCom is split into clips of at most 60 s
+        written = []
+        for i, clip in enumerate(clips, start=1):
+            part = target.with_name(f"{target.stem}-{i}{target.suffix}")
+            part.write_bytes(clip.path.read_bytes())
+            written.append(part)
+    spoke = synthesis.engine if synthesis else tr("缓存", "cache").render()
+    typer.secho(
+        tr(
+            "已写入 {files}（{s:.1f} 秒，引擎：{e}）",
+            "wrote {files} ({s:.1f} s, engine: {e})",
+            files=", ".join(str(p) for p in written),
+            s=sum(c.duration_s for c in clips),
+            e=spoke,
+        ).render(),
+        err=True,
+    )
+
+
 # -- running -------------------------------------------------------------------------------
 
 

@@ -308,3 +308,35 @@ def test_mqtt_config_writes_private_files(home: Path, tmp_path: Path) -> None:
         json.loads((out_dir / "credentials.json").read_text())["credentials"]["led-east-liu-01"]
         == password
     )
+
+
+def test_speak_script_only_reads_numbers_as_spoken(home: Path) -> None:
+    code, out, _ = run("speak", "请拨打12345热线，补贴每亩112.5元", "--script-only")
+    assert code == 0
+    assert "幺二三四五" in out
+    assert "一百一十二点五元" in out or "一百一十二元五角" in out
+    assert not any(ch.isdigit() for ch in out)
+
+
+@pytest.mark.slow
+def test_speak_writes_real_audio_offline(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "hear.mp3"
+    code, out, err = run(
+        "speak", "各位村民请注意，明天上午停水。", "--engine", "offline", "--out", str(target)
+    )
+    assert code == 0, err
+    assert target.stat().st_size > 1000
+    assert "引擎：offline" in err
+    code, _, _ = run(
+        "notice",
+        "add",
+        "--title",
+        "停水",
+        "--body",
+        "明天停水。",
+        "--category",
+        "meeting",
+        "--county",
+    )
+    code, out, _ = run("speak", "--notice", "1", "--script-only")
+    assert code == 0 and "现在播送一则会议通知" in out
