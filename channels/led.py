@@ -16,10 +16,10 @@ Features
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+from channels._device import command_id_for, dispatch_command
 from channels._led_render import (
     BoardSpec,
     EncodingProblem,
@@ -27,29 +27,17 @@ from channels._led_render import (
     prepare_text,
     render_pages_json,
 )
-from channels._mqtt import MqttPublisher, Publisher
+from channels._mqtt import Publisher
 from channels.base import Channel, ChannelLimits, ContentError, DeliveryContext, SendResult
 from channels.keys import Keyring
-from channels.protocol import Command, encode, sign_command, topic_cmd
+from channels.protocol import Command, sign_command
 from content_queue.errors import ConfigError
 from content_queue.i18n import tr
 from content_queue.registry import EndpointKind, LedEndpoint
 from content_queue.settings import Settings
 from content_queue.store import NoticeView, utcnow
 
-__all__ = ["LedChannel", "build_show_command", "command_id_for", "publisher_for"]
-
-
-def command_id_for(delivery_id: int, *, sync_seq: int | None = None) -> str:
-    """Stable per delivery, so a re-send is a duplicate; a sync after reboot gets a new id."""
-    return f"vc-{delivery_id}" if sync_seq is None else f"vc-{delivery_id}-s{sync_seq}"
-
-
-def publisher_for(settings: Settings) -> MqttPublisher:
-    password = os.environ.get(settings.mqtt_password_env) or None
-    return MqttPublisher.shared(
-        settings.resolved_mqtt_url, password=password, keepalive=settings.mqtt_keepalive_seconds
-    )
+__all__ = ["LedChannel", "build_show_command"]
 
 
 def command_expiry(notice: NoticeView, settings: Settings, now: datetime) -> datetime:
@@ -161,15 +149,5 @@ class LedChannel(Channel):
             settings=ctx.settings,
             now=now,
         )
-        ctx.store.record_command(
-            command_id=command_id,
-            delivery_id=ctx.delivery_id,
-            device_id=endpoint.device_id,
-            kind=command.kind,
-            issued_at=now,
-            expires_at=datetime.fromtimestamp(command.expires_at, tz=now.tzinfo),
-        )
-        publisher = self._publisher or publisher_for(ctx.settings)
-        publisher.publish(topic_cmd(ctx.settings.mqtt_prefix, endpoint.device_id), encode(command))
-        ctx.store.mark_published(command_id)
+        dispatch_command(command, store=ctx.store, settings=ctx.settings, publisher=self._publisher)
         return SendResult("sent", external_ref=command_id)

@@ -21,13 +21,13 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from channels._audio import ClipCache, synthesize_clip
+from channels._device import command_id_for, dispatch_command
 from channels._mqtt import Publisher
 from channels._play_plan import plan_plays
 from channels._speech_text import spoken_script
 from channels.base import Channel, ChannelLimits, ContentError, DeliveryContext, SendResult
 from channels.keys import Keyring
-from channels.led import publisher_for
-from channels.protocol import Command, encode, sign_command, topic_cmd
+from channels.protocol import Command, sign_command
 from channels.tts import Synthesizer, Voice
 from content_queue.errors import ConfigError
 from content_queue.i18n import tr
@@ -167,7 +167,7 @@ class SpeakerChannel(Channel):
         if self._synthesizer is None:
             self._synthesizer = Synthesizer(mode=ctx.settings.tts_mode)
         now = utcnow()
-        command_id = f"vc-{ctx.delivery_id}"
+        command_id = command_id_for(ctx.delivery_id)
         command, details = build_play_command(
             notice=ctx.notice,
             endpoint=endpoint,
@@ -180,15 +180,5 @@ class SpeakerChannel(Channel):
             synthesizer=self._synthesizer,
             now=now,
         )
-        ctx.store.record_command(
-            command_id=command_id,
-            delivery_id=ctx.delivery_id,
-            device_id=endpoint.device_id,
-            kind=command.kind,
-            issued_at=now,
-            expires_at=datetime.fromtimestamp(command.expires_at, tz=now.tzinfo),
-        )
-        publisher = self._publisher or publisher_for(ctx.settings)
-        publisher.publish(topic_cmd(ctx.settings.mqtt_prefix, endpoint.device_id), encode(command))
-        ctx.store.mark_published(command_id)
+        dispatch_command(command, store=ctx.store, settings=ctx.settings, publisher=self._publisher)
         return SendResult("sent", external_ref=command_id, details=details)

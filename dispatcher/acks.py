@@ -14,10 +14,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from channels._device import command_id_for, dispatch_command, publisher_for
 from channels._mqtt import parse_mqtt_url
 from channels.keys import Keyring
-from channels.led import build_show_command, command_id_for, publisher_for
-from channels.protocol import Ack, DeviceState, encode, parse_topic, topic_cmd
+from channels.led import build_show_command
+from channels.protocol import Ack, DeviceState, parse_topic
 from content_queue.errors import VillagecastError
 from content_queue.registry import LedEndpoint, Registry
 from content_queue.settings import Settings
@@ -157,17 +158,13 @@ class DeviceListener:
                     settings=self.settings,
                     now=now,
                 )
-                self.store.record_command(
-                    command_id=command_id,
-                    delivery_id=delivery_id,
-                    device_id=device_id,
-                    kind=command.kind,
-                    issued_at=now,
-                    expires_at=datetime.fromtimestamp(command.expires_at, tz=UTC),
+                dispatch_command(
+                    command,
+                    store=self.store,
+                    settings=self.settings,
+                    publisher=publisher,
                     sync=True,
                 )
-                publisher.publish(topic_cmd(self.settings.mqtt_prefix, device_id), encode(command))
-                self.store.mark_published(command_id)
                 sent += 1
             except VillagecastError as exc:
                 log.warning(
