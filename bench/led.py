@@ -65,7 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.run import Row  # noqa: E402
+from bench.run import Row, _devices  # noqa: E402
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 FARM = Path(__file__).resolve().parent / "devices_proc.py"
@@ -291,25 +291,6 @@ class Farm:
 # -- the villagecast side -------------------------------------------------------------------
 
 
-def _devices_yaml(n: int) -> str:
-    lines = [
-        "version: 1",
-        "county: {code: '371521', name: 基准县}",
-        "townships:",
-        "  - id: t",
-        "    name: 基准镇",
-        "    villages:",
-    ]
-    for i in range(n):
-        lines += [
-            f"      - id: v{i:05d}",
-            f"        name: 村{i}",
-            "        endpoints:",
-            f"          - {{id: v{i:05d}-led, kind: led, device_id: led-{i:05d}}}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 @contextmanager
 def led_environment(home: Path, celery_url: str | None, mqtt_url: str, n: int) -> Iterator[Path]:
     """VILLAGECAST_* for one run, signing keys created, the public keyring exported."""
@@ -317,7 +298,7 @@ def led_environment(home: Path, celery_url: str | None, mqtt_url: str, n: int) -
     from content_queue.settings import get_settings, reset_settings
 
     devices = home / "devices.yaml"
-    devices.write_text(_devices_yaml(n), encoding="utf-8")
+    devices.write_text(_devices(n, kind="led"), encoding="utf-8")
     saved = dict(os.environ)
     for key in [k for k in os.environ if k.startswith("VILLAGECAST_")]:
         del os.environ[key]

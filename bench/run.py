@@ -61,7 +61,8 @@ def bench_help(runs: int) -> Row:
     )
 
 
-def _devices(n: int) -> str:
+def _devices(n: int, *, kind: str = "tv_feed") -> str:
+    """A one-township county of n villages, each with one endpoint of ``kind``."""
     lines = [
         "version: 1",
         "county: {code: '371521', name: 基准县}",
@@ -75,7 +76,9 @@ def _devices(n: int) -> str:
             f"      - id: v{i:05d}",
             f"        name: 村{i}",
             "        endpoints:",
-            f"          - {{id: v{i:05d}-tv, kind: tv_feed}}",
+            f"          - {{id: v{i:05d}-{kind}, kind: {kind}}}"
+            if kind == "tv_feed"
+            else f"          - {{id: v{i:05d}-{kind}, kind: {kind}, device_id: {kind}-{i:05d}}}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -285,6 +288,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples (for CI smoke runs)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument(
+        "--no-devices", action="store_true", help="skip the LED fan-out (about 8 minutes)"
+    )
     args = parser.parse_args()
     n = 200 if args.quick else 1000
     runs = 3 if args.quick else 9
@@ -347,6 +353,10 @@ def main() -> None:
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait()
+    if not args.no_devices:
+        from bench.led import led_rows  # imports Row from this module
+
+        rows += led_rows(quick=args.quick)
     width = max(len(r.what) for r in rows)
     print(f"{'figure':<{width}}  {'value':>10}  {'baseline':>10}  ratio   goal      baseline is")
     for r in rows:
