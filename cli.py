@@ -824,7 +824,8 @@ def devices_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     from dispatcher.service import registry_cache
 
     settings = _settings()
-    known = {d.device_id: d for d in _store(settings).devices()}
+    store = _store(settings)
+    known = {d.device_id: d for d in store.devices()}
     registry = registry_cache.get(settings.devices)
     rows = []
     for ep in registry.endpoints.values():
@@ -840,6 +841,10 @@ def devices_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
                     "last_seen": d.last_seen.isoformat() if d and d.last_seen else None,
                     "firmware": d.firmware if d else None,
                     "showing": d.showing if d else [],
+                    "history": [
+                        {"state": st, "at": at.isoformat(), "fresh_boot": fresh}
+                        for st, at, fresh in store.presence_history(ep.device_id, limit=5)
+                    ],
                 }
             )
     if as_json:
@@ -866,7 +871,7 @@ def devices_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
             "LED" if r["kind"] == "led" else ("广播" if zh else "speaker"),
             f"[{label[2]}]{label[0] if zh else label[1]}[/]",
             _ts(datetime.fromisoformat(str(r["last_seen"]))) if r["last_seen"] else "-",
-            ", ".join(r["showing"]) if isinstance(r["showing"], list) else "",
+            ", ".join(str(c) for c in r["showing"]) if isinstance(r["showing"], list) else "",
         )
     Console().print(table)
 

@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from content_queue.db import (
     Attempt,
     AuditEntry,
-    Base,
     Delivery,
     Device,
     DeviceCommand,
@@ -346,9 +345,6 @@ class Store:
         script = ScriptDirectory(str(Path(__file__).parent / "migrations"))
         return heads == set(script.get_heads())
 
-    def create_all(self) -> None:
-        Base.metadata.create_all(self.engine)
-
     # -- notices -----------------------------------------------------------------------
 
     def add_notice(
@@ -518,16 +514,6 @@ class Store:
             )
             s.add(AuditEntry(at=now, actor=actor, action="notice.withdraw", notice_id=notice_id))
             return int(getattr(res, "rowcount", 0) or 0)
-
-    def audit(
-        self, *, actor: str, action: str, notice_id: int | None, details: dict[str, Any]
-    ) -> None:
-        with self.session() as s:
-            s.add(
-                AuditEntry(
-                    at=utcnow(), actor=actor, action=action, notice_id=notice_id, details=details
-                )
-            )
 
     # -- the delivery state machine ------------------------------------------------------
 
@@ -915,18 +901,6 @@ class Store:
                 .execution_options(synchronize_session=False)
             )
             return int(getattr(res, "rowcount", 0) or 0)
-
-    def confirm_delivered(self, delivery_id: int, *, now: datetime | None = None) -> bool:
-        """A far side confirmed a sent delivery (device ack, platform receipt)."""
-        now = now or utcnow()
-        with self.session() as s:
-            res = s.execute(
-                update(Delivery)
-                .where(Delivery.id == delivery_id, Delivery.status == S.SENT)
-                .values(status=S.DELIVERED, delivered_at=now, finished_at=now, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            return bool(getattr(res, "rowcount", 0))
 
     # -- devices (LED boards, loudspeakers) ----------------------------------------------
 

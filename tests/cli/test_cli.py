@@ -287,6 +287,7 @@ def test_devices_status_lists_every_board_and_speaker(home: Path) -> None:
     assert code == 0
     rows = {r["device"]: r for r in json.loads(out)}
     assert rows["led-east-liu-01"]["state"] == "online"
+    assert [h["state"] for h in rows["led-east-liu-01"]["history"]] == ["online"]
     assert rows["spk-east-wang-01"]["state"] == "unknown"
     code, out, _ = run("devices", "status")
     assert "在线" in out and "未知" in out
