@@ -231,8 +231,10 @@ def test_loudspeaker_speaks_the_notice_synthesized_once(
         server.server_close()
     d1, d2 = rig.store.deliveries(first)[0], rig.store.deliveries(again)[0]
     assert (d1.status, d2.status) == ("delivered", "delivered")
-    assert d1.details and d1.details["engine"] == "offline" and d1.details["cache_hit"] is False
-    assert d2.details and d2.details["cache_hit"] is True  # same script: synthesized once
+    assert d1.details and d2.details
+    assert {d1.details["engine"], d2.details["engine"]} == {"offline"}
+    # Same script: synthesized once (either worker may get there first), the other a hit.
+    assert sorted([d1.details["cache_hit"], d2.details["cache_hit"]]) == [False, True]
     assert d1.details["clip"] == d2.details["clip"]
     clip = speaker.clips[f"vc-{d1.id}"]
     assert clip[:3] == b"ID3" or clip[:2] == b"\xff\xfb"  # real MP3 bytes, hash verified
