@@ -27,8 +27,11 @@ __all__ = [
     "Device",
     "DeviceCommand",
     "FeedFetch",
+    "KvEntry",
     "Notice",
     "PresenceEvent",
+    "RateEvent",
+    "SendPart",
     "UTCDateTime",
 ]
 
@@ -86,7 +89,9 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        UniqueConstraint("notice_id", "endpoint_id", name="uq_delivery_notice_endpoint"),
+        UniqueConstraint(
+            "notice_id", "endpoint_id", "action", name="uq_delivery_notice_endpoint_action"
+        ),
         Index("ix_deliveries_status_due", "status", "due_at"),
         Index("ix_deliveries_endpoint_status", "endpoint_id", "status"),
     )
@@ -95,6 +100,12 @@ class Delivery(Base):
     notice_id: Mapped[int] = mapped_column(ForeignKey("notices.id"), index=True)
     endpoint_id: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(16), default="publish", server_default="publish")
+    """``publish`` (send the notice) or ``recall`` (take it back: clear, stop, delete)."""
+    recall_of: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id"), nullable=True, index=True
+    )
+    """For a recall: the publish delivery it takes back."""
     village_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     township_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(16))
@@ -197,3 +208,49 @@ class PresenceEvent(Base):
     state: Mapped[str] = mapped_column(String(16))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     fresh_boot: Mapped[bool] = mapped_column(default=False)
+
+
+class SendPart(Base):
+    """One message of a multi-part send (a WeCom part, a voice clip, an article).
+
+    A part is recorded ``sending`` before the request and ``accepted`` after the far
+    side took it, so a retry or a sweeper never sends an accepted part again and a part
+    left ``sending`` by a crash is known to have an unknown outcome.
+    """
+
+    __tablename__ = "send_parts"
+    __table_args__ = (UniqueConstraint("delivery_id", "part_key", name="uq_send_part"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    part_key: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16))
+    """``sending``, ``accepted``, ``unknown`` or ``failed``."""
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    external_ref: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class RateEvent(Base):
+    """One use of a rate-limited resource (a robot's message), for a limiter shared by
+    every worker process on every machine."""
+
+    __tablename__ = "rate_events"
+    __table_args__ = (Index("ix_rate_events_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class KvEntry(Base):
+    """Small shared state with an expiry: access tokens, per-endpoint send locks."""
+
+    __tablename__ = "kv_entries"
+
+    key: Mapped[str] = mapped_column(String(191), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -179,7 +179,7 @@ def test_unknown_notice_is_a_clear_error(store: Store) -> None:
 def test_database_is_sqlite_wal_and_migrated(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     Store(store.url)  # opening again finds the schema current and does nothing
 
 
@@ -236,3 +236,49 @@ def test_ack_confirms_and_a_late_ack_is_kept_for_the_worker(store: Store) -> Non
         )
         == "delivered"
     )
+
+
+def test_upgrade_from_0003_keeps_deliveries_as_publishes(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    import content_queue.store as store_module
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(store_module.__file__).parent / "migrations"))
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        conn.execute(
+            text(
+                "INSERT INTO notices (id, title, body, category, priority, targets, publish_at,"
+                " author, revision, state, created_at) VALUES (1, 't', 'b', 'village_affairs',"
+                " 'routine', '{}', '2026-11-25 00:00:00', 'a', 1, 'active',"
+                " '2026-11-25 00:00:00')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (id, notice_id, endpoint_id, kind, status, attempts,"
+                " due_at, updated_at) VALUES (1, 1, 'a-led', 'led', 'sent', 1,"
+                " '2026-11-25 00:00:00', '2026-11-25 00:00:00')"
+            )
+        )
+        conn.commit()
+    engine.dispose()
+    store = Store(url)  # upgrades to head
+    (d,) = store.deliveries(1)
+    assert d.status == "sent"
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT action FROM deliveries")).scalar() == "publish"
+        # A recall of the same notice to the same endpoint is now a row of its own.
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (notice_id, endpoint_id, kind, action, recall_of, status,"
+                " attempts, due_at, updated_at) VALUES (1, 'a-led', 'led', 'recall', 1,"
+                " 'pending', 0, '2026-11-25 00:00:00', '2026-11-25 00:00:00')"
+            )
+        )
