@@ -111,6 +111,9 @@ class DeliveryContext:
     registry: Registry
     settings: Settings
     store: Store
+    action: Literal["publish", "recall"] = "publish"
+    recall_of: int | None = None
+    """For a recall: the id of the publish delivery being taken back."""
 
 
 class Channel(ABC):
@@ -179,6 +182,33 @@ class Channel(ABC):
     @abstractmethod
     def send(self, ctx: DeliveryContext) -> SendResult:
         """Deliver one notice to one endpoint, raising the typed errors above."""
+
+    @final
+    def take_back(self, ctx: DeliveryContext) -> SendResult:
+        """Recall a withdrawn or superseded notice from an endpoint it reached."""
+        if ctx.endpoint.kind != self.kind or ctx.action != "recall":
+            raise ConfigError(
+                tr(
+                    "端点 {ep} 的撤回任务无效",
+                    "invalid recall for endpoint {ep}",
+                    ep=ctx.endpoint.id,
+                )
+            )
+        return self.recall(ctx)
+
+    def recall(self, ctx: DeliveryContext) -> SendResult:
+        """Take a notice back: clear a board, stop a loudspeaker, delete an article, or
+        send a withdrawal message where the platform cannot delete. ``ctx.notice`` is the
+        withdrawn (or superseded) notice and ``ctx.recall_of`` the delivery that put it
+        there. Channels that can take nothing back keep this default."""
+        raise PermanentError(
+            tr(
+                "{kind} 渠道无法撤回已发出的内容，请人工处理",
+                "the {kind} channel cannot take back what it sent; handle it by hand",
+                kind=self.kind,
+            ),
+            code="recall_unsupported",
+        )
 
 
 def secret_from_env(name: str, *, endpoint_id: str) -> str:
