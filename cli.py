@@ -22,6 +22,8 @@ from content_queue.errors import VillagecastError
 from content_queue.i18n import Lang, current_lang, detect_lang, set_lang, tr
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from content_queue.settings import Settings
     from content_queue.store import DeliveryView, NoticeView, Store
 
@@ -210,6 +212,8 @@ def delivery_json(d: DeliveryView, attempts: list[dict[str, Any]] | None = None)
         "id": d.id,
         "endpoint": d.endpoint_id,
         "kind": d.kind,
+        "action": d.action,
+        "recall_of": d.recall_of,
         "village": d.village_id,
         "township": d.township_id,
         "status": d.status,
@@ -478,8 +482,16 @@ def _print_submitted(submitted: Any) -> None:
         typer.secho(submitted.ring_error.render(), fg="yellow")
 
 
-def _wait(store: Store, notice_id: int, *, timeout: float, quiet: bool) -> None:
+def _wait(
+    store: Store,
+    notice_id: int,
+    *,
+    timeout: float,
+    quiet: bool,
+    fetch: Callable[[], list[DeliveryView]] | None = None,
+) -> None:
     """A live progress bar until every delivery has left the dispatcher's hands."""
+    fetch = fetch or (lambda: [d for d in store.deliveries(notice_id) if d.action == "publish"])
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -501,7 +513,7 @@ def _wait(store: Store, notice_id: int, *, timeout: float, quiet: bool) -> None:
     ) as progress:
         task = progress.add_task(tr("投递中", "delivering").render(), total=None, summary="")
         while True:
-            deliveries = store.deliveries(notice_id)
+            deliveries = fetch()
             done = sum(1 for d in deliveries if d.status in SETTLED)
             counts: dict[str, int] = {}
             for d in deliveries:
@@ -537,7 +549,7 @@ def _wait(store: Store, notice_id: int, *, timeout: float, quiet: bool) -> None:
                 raise typer.Exit(3)
             time.sleep(0.3)
     if not quiet:
-        _print_deliveries(store.deliveries(notice_id))
+        _print_deliveries(fetch())
 
 
 def _village_names() -> dict[str, str]:
@@ -575,12 +587,13 @@ def _print_deliveries(deliveries: list[DeliveryView]) -> None:
     table.add_column("状态" if zh else "status", no_wrap=True)
     table.add_column("次数" if zh else "tries", justify="right")
     table.add_column("说明" if zh else "detail", overflow="fold", ratio=2)
+    recall = "（撤回）" if zh else " (recall)"
     for d in deliveries:
         colour = colours.get(d.status, "yellow")
         village = names.get(d.village_id, d.village_id) if d.village_id else "-"
         table.add_row(
             village,
-            _label(KIND_LABELS, d.kind),
+            _label(KIND_LABELS, d.kind) + (recall if d.action == "recall" else ""),
             d.endpoint_id,
             f"[{colour}]{_label(STATUS_LABELS, d.status)}[/]",
             str(d.attempts),
@@ -665,6 +678,7 @@ def notice_show(
         )
         return
     from content_queue.models import CATEGORY_LABELS, PRIORITY_LABELS, Category, Priority
+    from content_queue.store import NOTICE_STATE_LABELS
 
     typer.echo(f"#{n.id} {n.title}")
     typer.echo(
@@ -675,13 +689,195 @@ def notice_show(
             p=_label(PRIORITY_LABELS, Priority(n.priority)),
             pub=_ts(n.publish_at),
             exp=_ts(n.expires_at),
-            s=n.state,
+            s=_label(NOTICE_STATE_LABELS, n.state),
         ).render()
     )
+    if n.supersedes_id is not None:
+        typer.echo(
+            tr(
+                "第 {rev} 版，更正通知 #{old}",
+                "revision {rev}, correcting notice #{old}",
+                rev=n.revision,
+                old=n.supersedes_id,
+            ).render()
+        )
     typer.echo("")
     typer.echo(n.body)
     typer.echo("")
     _print_deliveries(deliveries)
+
+
+def _actor(author: str | None) -> str:
+    return author or os.environ.get("USER", "") or "cli"
+
+
+def _recalls_of(store: Store, notice_id: int) -> Callable[[], list[DeliveryView]]:
+    return lambda: [d for d in store.deliveries(notice_id) if d.action == "recall"]
+
+
+@notice_app.command(
+    "withdraw",
+    help=h(
+        "撤回一条通知：未发出的取消，已发出的从每个渠道撤下（LED 清屏、广播停播、推送撤回说明）",
+        "withdraw a notice: cancel what has not gone out, take it back from every channel "
+        "it reached (boards cleared, loudspeakers stopped, a withdrawal message)",
+    ),
+)
+def notice_withdraw(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    reason: Annotated[
+        str,
+        typer.Option("--reason", help=h("撤回原因（记入审计日志）", "why (kept in the audit log)")),
+    ] = "",
+    author: Annotated[str | None, typer.Option("--author", help=h("操作人", "who"))] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help=h("显示撤回进度", "show progress until it settles"))
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    from dispatcher.service import withdraw_notice
+
+    settings = _settings()
+    store = _store(settings)
+    done = withdraw_notice(
+        notice_id, store=store, ring=_ringer(settings), actor=_actor(author), reason=reason
+    )
+    w = done.withdrawal
+    if not as_json:
+        typer.echo(
+            tr(
+                "已撤回通知 #{id}：{c} 个未发出的投递已取消，{r} 个已发出的端点正在撤下",
+                "withdrew notice #{id}: {c} deliveries not yet sent were cancelled, "
+                "{r} endpoint(s) it reached are being recalled",
+                id=notice_id,
+                c=w.cancelled,
+                r=len(w.recalls),
+            ).render()
+        )
+        if done.ring_error is not None:
+            typer.secho(done.ring_error.render(), fg="yellow")
+    if wait and w.recalls:
+        _wait(store, notice_id, timeout=timeout, quiet=as_json, fetch=_recalls_of(store, notice_id))
+    if as_json:
+        _echo_json(
+            {
+                **notice_json(store.notice(notice_id)),
+                "cancelled": w.cancelled,
+                "recalls": [
+                    delivery_json(d)
+                    for d in (_recalls_of(store, notice_id)() if wait else w.recalls)
+                ],
+            }
+        )
+
+
+@notice_app.command(
+    "correct",
+    help=h(
+        "更正一条通知：发出新版本，并从每个渠道撤下旧版本",
+        "correct a notice: send a new revision and take the old one back everywhere",
+    ),
+)
+def notice_correct(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    title: Annotated[
+        str | None, typer.Option("--title", help=h("新标题（默认不变）", "new title"))
+    ] = None,
+    body: Annotated[str | None, typer.Option("--body", help=h("新正文", "new body"))] = None,
+    body_file: Annotated[
+        Path | None, typer.Option("--body-file", help=h("从文件读取新正文", "new body from a file"))
+    ] = None,
+    table_file: Annotated[
+        Path | None, typer.Option("--table-file", help=h("新表格（CSV）", "new table (CSV)"))
+    ] = None,
+    expires_at: Annotated[
+        str | None, typer.Option("--expires-at", help=h("新的失效时间", "new expiry time"))
+    ] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", help=h("更正原因（记入审计日志）", "why (audit log)"))
+    ] = "",
+    author: Annotated[str | None, typer.Option("--author", help=h("操作人", "who"))] = None,
+    wait: Annotated[bool, typer.Option("--wait", help=h("显示进度", "show progress"))] = False,
+    timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    from content_queue.errors import NoticeError
+    from content_queue.models import build_notice
+    from dispatcher.service import correct_notice, registry_cache
+
+    if body is not None and body_file is not None:
+        raise NoticeError(
+            tr("--body 和 --body-file 只能用一个", "give --body or --body-file, not both")
+        )
+    if body_file is not None:
+        body = _read_text(body_file)
+    if title is None and body is None and table_file is None and expires_at is None:
+        raise NoticeError(
+            tr(
+                "没有要更正的内容：请给出 --title、--body、--body-file、--table-file "
+                "或 --expires-at",
+                "nothing to correct: give --title, --body, --body-file, --table-file or "
+                "--expires-at",
+            )
+        )
+    settings = _settings()
+    store = _store(settings)
+    old = store.notice(notice_id)
+    now = datetime.now(old.publish_at.tzinfo)
+    data: dict[str, Any] = {
+        "title": title if title is not None else old.title,
+        "body": body if body is not None else old.body,
+        "category": old.category,
+        "priority": old.priority,
+        "targets": old.targets,
+        "channels": old.channels,
+        "table": _read_table(table_file) if table_file is not None else old.table,
+        "publish_at": old.publish_at if old.publish_at > now else None,
+        "expires_at": _parse_time(expires_at, "--expires-at") if expires_at else old.expires_at,
+        "author": _actor(author),
+        "revision": old.revision + 1,
+        "supersedes": old.id,
+    }
+    draft = build_notice({k: v for k, v in data.items() if v is not None})
+    registry = registry_cache.get(settings.devices)
+    submitted, w = correct_notice(
+        draft,
+        store=store,
+        registry=registry,
+        ring=_ringer(settings),
+        actor=_actor(author),
+        reason=reason,
+    )
+    n = submitted.notice
+    if not as_json:
+        typer.echo(
+            tr(
+                "通知 #{old} 已由第 {rev} 版（#{id}）更正；旧版本正在从 {r} 个端点撤下",
+                "notice #{old} is corrected by revision {rev} (#{id}); the old one is being "
+                "recalled from {r} endpoint(s)",
+                old=notice_id,
+                rev=n.revision,
+                id=n.id,
+                r=len(w.recalls),
+            ).render()
+        )
+        _print_submitted(submitted)
+    if wait:
+
+        def both() -> list[DeliveryView]:
+            fresh = [d for d in store.deliveries(n.id) if d.action == "publish"]
+            return [*fresh, *_recalls_of(store, notice_id)()]
+
+        _wait(store, n.id, timeout=timeout, quiet=as_json, fetch=both)
+    if as_json:
+        _echo_json(
+            {
+                **notice_json(store.notice(n.id)),
+                "deliveries": [delivery_json(d) for d in store.deliveries(n.id)],
+                "recalls": [delivery_json(d) for d in _recalls_of(store, notice_id)()],
+            }
+        )
 
 
 # -- status, devices, feed -----------------------------------------------------------------

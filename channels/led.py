@@ -28,6 +28,7 @@ from channels._led_render import (
     render_pages_json,
 )
 from channels._mqtt import Publisher
+from channels._recall import recall_on_device
 from channels.base import Channel, ChannelLimits, ContentError, DeliveryContext, SendResult
 from channels.keys import Keyring
 from channels.protocol import Command, sign_command
@@ -151,3 +152,17 @@ class LedChannel(Channel):
         )
         dispatch_command(command, store=ctx.store, settings=ctx.settings, publisher=self._publisher)
         return SendResult("sent", external_ref=command_id)
+
+    def recall(self, ctx: DeliveryContext) -> SendResult:
+        """``led.clear`` for the notice: the board drops it (an emergency's removal returns
+        the board to its routine content); 'delivered' when the board acks ``cleared``."""
+        endpoint = ctx.endpoint
+        if not isinstance(endpoint, LedEndpoint):
+            raise ConfigError(tr("端点不是 LED 屏", "the endpoint is not an LED board"))
+        return recall_on_device(
+            ctx,
+            device_id=endpoint.device_id,
+            kind="led.clear",
+            keyring=self._keys(ctx.settings),
+            publisher=self._publisher,
+        )

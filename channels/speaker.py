@@ -24,6 +24,7 @@ from channels._audio import ClipCache, synthesize_clip
 from channels._device import command_id_for, dispatch_command
 from channels._mqtt import Publisher
 from channels._play_plan import plan_plays
+from channels._recall import recall_on_device
 from channels._speech_text import spoken_script
 from channels.base import Channel, ChannelLimits, ContentError, DeliveryContext, SendResult
 from channels.keys import Keyring
@@ -182,3 +183,19 @@ class SpeakerChannel(Channel):
         )
         dispatch_command(command, store=ctx.store, settings=ctx.settings, publisher=self._publisher)
         return SendResult("sent", external_ref=command_id, details=details)
+
+    def recall(self, ctx: DeliveryContext) -> SendResult:
+        """``speaker.stop`` for the notice: the loudspeaker stops it if it is playing and
+        cancels its remaining plan; 'delivered' when it acks ``stopped``."""
+        endpoint = ctx.endpoint
+        if not isinstance(endpoint, SpeakerEndpoint):
+            raise ConfigError(tr("端点不是广播音箱", "the endpoint is not a loudspeaker"))
+        if self._keyring is None:
+            self._keyring = Keyring.load(ctx.settings.keys_dir)
+        return recall_on_device(
+            ctx,
+            device_id=endpoint.device_id,
+            kind="speaker.stop",
+            keyring=self._keyring,
+            publisher=self._publisher,
+        )

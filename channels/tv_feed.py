@@ -161,7 +161,7 @@ def _items(entries: Sequence[tuple[NoticeView, DeliveryView]], now: datetime) ->
     for n in notices:
         if n.expired(now):
             continue
-        withdrawn = n.state == "withdrawn"
+        withdrawn = n.state != "active"  # withdrawn, or superseded by a correction
         items.append(
             _Item(
                 id=entry_id(n.id),
@@ -479,6 +479,12 @@ class TvFeedChannel(Channel):
         ack = self._push(ctx, endpoint, endpoint.ingest_url, secret, village_id)
         return SendResult("delivered", external_ref=ack or ref)
 
+    def recall(self, ctx: DeliveryContext) -> SendResult:
+        """The feed is rewritten with the notice as a withdrawal (an Atom tombstone, a
+        ``withdrawn`` status in RSS and JSON) and, where the platform takes pushes, the
+        withdrawal is pushed too; confirmed like a publish (fetch or push ack)."""
+        return self.send(ctx)
+
     # -- push --------------------------------------------------------------------------
 
     def _push(
@@ -504,7 +510,7 @@ class TvFeedChannel(Channel):
             "priority": n.priority,
             "publish_at": _iso(n.publish_at),
             "expires_at": _iso(n.expires_at),
-            "withdrawn": n.state == "withdrawn",
+            "withdrawn": n.state != "active",
             "table": n.table,
         }
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

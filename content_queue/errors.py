@@ -29,6 +29,7 @@ __all__ = [
     "NoticeError",
     "RegistryError",
     "RegistryProblem",
+    "StateError",
     "StoreError",
     "VillagecastError",
 ]
@@ -64,6 +65,12 @@ class NoticeError(VillagecastError):
 
 class NotFoundError(VillagecastError):
     """No such notice, village or delivery."""
+
+
+class StateError(VillagecastError):
+    """The action does not fit the notice's state (e.g. withdrawing it twice)."""
+
+    exit_code = 2
 
 
 class StoreError(VillagecastError):

@@ -34,13 +34,15 @@ from content_queue.db import (
     Notice,
     PresenceEvent,
 )
-from content_queue.errors import NotFoundError, StoreError
+from content_queue.errors import NotFoundError, StateError, StoreError
 from content_queue.i18n import Text, tr
 from content_queue.models import NoticeDraft
 
 __all__ = [
     "ACKED_KINDS",
     "ACK_SUCCESS",
+    "NOTICE_STATE_LABELS",
+    "RECALL_WAIT_SECONDS",
     "SETTLED",
     "TERMINAL",
     "Claim",
@@ -52,6 +54,7 @@ __all__ = [
     "PlannedDelivery",
     "Store",
     "SweepReport",
+    "Withdrawal",
     "utcnow",
 ]
 
@@ -88,6 +91,16 @@ STATUS_LABELS: dict[str, Text] = {
     S.CANCELLED: tr("已取消", "cancelled"),
     S.SKIPPED: tr("已跳过", "skipped"),
 }
+
+
+NOTICE_STATE_LABELS: dict[str, Text] = {
+    "active": tr("有效", "active"),
+    "withdrawn": tr("撤回", "withdrawn"),
+    "superseded": tr("被更正", "superseded"),
+}
+
+RECALL_WAIT_SECONDS = 2.0
+"""How long a recall waits for the publish it takes back to stop being in flight."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,9 @@ class DeliveryView:
     external_ref: str | None
     updated_at: datetime
     details: dict[str, Any] | None = None
+    action: str = "publish"
+    """``publish`` or ``recall`` (taking a withdrawn or superseded notice back)."""
+    recall_of: int | None = None
 
     @classmethod
     def of(cls, d: Delivery) -> DeliveryView:
@@ -174,10 +190,28 @@ class DeliveryView:
             external_ref=d.external_ref,
             updated_at=d.updated_at,
             details=dict(d.details) if d.details else None,
+            action=d.action or "publish",
+            recall_of=d.recall_of,
         )
 
     def error(self, lang: str = "zh") -> str | None:
         return self.error_zh if lang == "zh" else self.error_en
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    notice_id: int
+    cancelled: int
+    """Deliveries that had not gone out and never will."""
+    recalls: list[DeliveryView]
+    """One recall delivery per endpoint the notice reached (or may have reached)."""
+
+    @property
+    def recall_ids_by_kind(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for r in self.recalls:
+            out.setdefault(r.kind, []).append(r.id)
+        return out
 
 
 @dataclass(frozen=True)
@@ -356,68 +390,95 @@ class Store:
     ) -> tuple[NoticeView, list[DeliveryView]]:
         """Write the notice and one delivery per endpoint in one transaction."""
         now = now or utcnow()
-        publish_at = draft.publish_at or now
         with self.session() as s:
-            if draft.supersedes is not None and s.get(Notice, draft.supersedes) is None:
-                raise NotFoundError(
-                    tr(
-                        "要更正的通知 {id} 不存在",
-                        "notice {id} does not exist",
-                        id=draft.supersedes,
-                    )
-                )
-            notice = Notice(
-                title=draft.title,
-                body=draft.body,
-                category=draft.category.value,
-                priority=draft.priority.value,
-                targets=draft.targets.model_dump(),
-                channels=list(draft.channels) if draft.channels is not None else None,
-                table=draft.table.model_dump() if draft.table else None,
-                publish_at=publish_at,
-                expires_at=draft.expires_at,
-                author=draft.author,
-                revision=draft.revision,
-                supersedes_id=draft.supersedes,
-                state="active",
-                created_at=now,
+            return self._add_notice(s, draft, plans, now=now)
+
+    def correct_notice(
+        self,
+        draft: NoticeDraft,
+        plans: Sequence[PlannedDelivery],
+        *,
+        actor: str,
+        reason: str = "",
+        now: datetime | None = None,
+    ) -> tuple[NoticeView, list[DeliveryView], Withdrawal]:
+        """Add a corrected revision and supersede the old one, in one transaction: the old
+        revision is recalled from every endpoint it reached and the new one goes out."""
+        if draft.supersedes is None:
+            raise StateError(tr("更正必须指明被更正的通知", "a correction must name its notice"))
+        now = now or utcnow()
+        with self.session() as s:
+            notice, rows = self._add_notice(s, draft, plans, now=now)
+            withdrawal = self._withdraw(
+                s, draft.supersedes, actor=actor, reason=reason, superseded_by=notice.id, now=now
             )
-            s.add(notice)
-            s.flush()
-            rows = []
-            for p in plans:
-                if p.skip_reason is not None:
-                    status, finished = S.SKIPPED, now
-                else:
-                    status, finished = (S.SCHEDULED if publish_at > now else S.PENDING), None
-                rows.append(
-                    Delivery(
-                        notice_id=notice.id,
-                        endpoint_id=p.endpoint_id,
-                        kind=p.kind,
-                        village_id=p.village_id,
-                        township_id=p.township_id,
-                        status=status.value,
-                        attempts=0,
-                        due_at=publish_at,
-                        finished_at=finished,
-                        error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
-                        error_en=p.skip_reason.render("en") if p.skip_reason else None,
-                        updated_at=now,
-                    )
+            return notice, rows, withdrawal
+
+    @staticmethod
+    def _add_notice(
+        s: Session, draft: NoticeDraft, plans: Sequence[PlannedDelivery], *, now: datetime
+    ) -> tuple[NoticeView, list[DeliveryView]]:
+        publish_at = draft.publish_at or now
+        if draft.supersedes is not None and s.get(Notice, draft.supersedes) is None:
+            raise NotFoundError(
+                tr(
+                    "要更正的通知 {id} 不存在",
+                    "notice {id} does not exist",
+                    id=draft.supersedes,
                 )
-            s.add_all(rows)
-            s.add(
-                AuditEntry(
-                    at=now,
-                    actor=draft.author or "cli",
-                    action="notice.add",
+            )
+        notice = Notice(
+            title=draft.title,
+            body=draft.body,
+            category=draft.category.value,
+            priority=draft.priority.value,
+            targets=draft.targets.model_dump(),
+            channels=list(draft.channels) if draft.channels is not None else None,
+            table=draft.table.model_dump() if draft.table else None,
+            publish_at=publish_at,
+            expires_at=draft.expires_at,
+            author=draft.author,
+            revision=draft.revision,
+            supersedes_id=draft.supersedes,
+            state="active",
+            created_at=now,
+        )
+        s.add(notice)
+        s.flush()
+        rows = []
+        for p in plans:
+            if p.skip_reason is not None:
+                status, finished = S.SKIPPED, now
+            else:
+                status, finished = (S.SCHEDULED if publish_at > now else S.PENDING), None
+            rows.append(
+                Delivery(
                     notice_id=notice.id,
-                    details={"deliveries": len(rows), "title": draft.title},
+                    endpoint_id=p.endpoint_id,
+                    kind=p.kind,
+                    village_id=p.village_id,
+                    township_id=p.township_id,
+                    status=status.value,
+                    attempts=0,
+                    due_at=publish_at,
+                    finished_at=finished,
+                    error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
+                    error_en=p.skip_reason.render("en") if p.skip_reason else None,
+                    updated_at=now,
                 )
             )
-            s.flush()
-            return NoticeView.of(notice), [DeliveryView.of(r) for r in rows]
+        s.add_all(rows)
+        s.add(
+            AuditEntry(
+                at=now,
+                actor=draft.author or "cli",
+                action="notice.add",
+                notice_id=notice.id,
+                details={"deliveries": len(rows), "title": draft.title},
+            )
+        )
+        s.flush()
+        return NoticeView.of(notice), [DeliveryView.of(r) for r in rows]
 
     def notice(self, notice_id: int) -> NoticeView:
         with self.session(readonly=True) as s:
@@ -444,20 +505,26 @@ class Store:
                 q = q.where(Delivery.id.in_(list(ids)))
             return [DeliveryView.of(d) for d in s.scalars(q)]
 
-    def count_open(self, notice_ids: Sequence[int], states: Iterable[str]) -> int:
+    def count_open(
+        self, notice_ids: Sequence[int], states: Iterable[str], *, action: str = "publish"
+    ) -> int:
         """How many of these notices' deliveries are not yet in one of ``states``."""
         with self.session(readonly=True) as s:
             q = select(func.count()).where(
-                Delivery.notice_id.in_(list(notice_ids)), Delivery.status.not_in(list(states))
+                Delivery.notice_id.in_(list(notice_ids)),
+                Delivery.status.not_in(list(states)),
+                Delivery.action == action,
             )
             return int(s.scalar(q) or 0)
 
-    def delivery_counts(self, notice_ids: Sequence[int]) -> dict[int, Counter[str]]:
+    def delivery_counts(
+        self, notice_ids: Sequence[int], *, action: str = "publish"
+    ) -> dict[int, Counter[str]]:
         out: dict[int, Counter[str]] = {i: Counter() for i in notice_ids}
         with self.session(readonly=True) as s:
             q = (
                 select(Delivery.notice_id, Delivery.status, func.count())
-                .where(Delivery.notice_id.in_(list(notice_ids)))
+                .where(Delivery.notice_id.in_(list(notice_ids)), Delivery.action == action)
                 .group_by(Delivery.notice_id, Delivery.status)
             )
             for nid, status, count in s.execute(q):
@@ -473,7 +540,10 @@ class Store:
                 Delivery.kind,
                 Delivery.status,
                 func.count(),
-            ).group_by(Delivery.township_id, Delivery.village_id, Delivery.kind, Delivery.status)
+            )
+            q = q.where(Delivery.action == "publish").group_by(
+                Delivery.township_id, Delivery.village_id, Delivery.kind, Delivery.status
+            )
             return [(t, v, k, st, c) for t, v, k, st, c in s.execute(q)]
 
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
@@ -493,27 +563,106 @@ class Store:
                 for a in s.scalars(q)
             ]
 
-    def withdraw(self, notice_id: int, *, actor: str, now: datetime | None = None) -> int:
-        """Mark a notice withdrawn and cancel what has not gone out; returns cancelled count."""
+    def withdraw(
+        self,
+        notice_id: int,
+        *,
+        actor: str,
+        reason: str = "",
+        superseded_by: int | None = None,
+        now: datetime | None = None,
+    ) -> Withdrawal:
+        """Withdraw a notice (or mark it superseded by a correction), in one transaction.
+
+        What has not gone out is cancelled. Every endpoint it reached, or may have reached
+        (a send in flight), gets a ``recall`` delivery of its own: the channel clears the
+        board, stops the loudspeaker, deletes the article or posts a withdrawal message,
+        and the township sees those deliveries' states like any other.
+        """
         now = now or utcnow()
         with self.session() as s:
-            n = s.get(Notice, notice_id)
-            if n is None:
-                raise NotFoundError(
-                    tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id)
-                )
-            n.state = "withdrawn"
-            res = s.execute(
-                update(Delivery)
-                .where(
-                    Delivery.notice_id == notice_id,
-                    Delivery.status.in_([S.PENDING, S.SCHEDULED]),
-                )
-                .values(status=S.CANCELLED, finished_at=now, updated_at=now)
-                .execution_options(synchronize_session=False)
+            return self._withdraw(
+                s, notice_id, actor=actor, reason=reason, superseded_by=superseded_by, now=now
             )
-            s.add(AuditEntry(at=now, actor=actor, action="notice.withdraw", notice_id=notice_id))
-            return int(getattr(res, "rowcount", 0) or 0)
+
+    @staticmethod
+    def _withdraw(
+        s: Session,
+        notice_id: int,
+        *,
+        actor: str,
+        reason: str,
+        superseded_by: int | None,
+        now: datetime,
+    ) -> Withdrawal:
+        n = s.get(Notice, notice_id)
+        if n is None:
+            raise NotFoundError(tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id))
+        if n.state != "active":
+            raise StateError(
+                tr(
+                    "通知 {id} 已{state}，不能再撤回",
+                    "notice {id} is already {state_en}",
+                    id=notice_id,
+                    state=NOTICE_STATE_LABELS.get(n.state, tr(n.state, n.state)),
+                    state_en=n.state,
+                )
+            )
+        n.state = "superseded" if superseded_by is not None else "withdrawn"
+        why = (
+            tr("已被更正版本（通知 {id}）取代", "superseded by notice {id}", id=superseded_by)
+            if superseded_by is not None
+            else tr("通知已撤回", "the notice was withdrawn")
+        )
+        rows = list(
+            s.scalars(
+                select(Delivery)
+                .where(Delivery.notice_id == notice_id, Delivery.action == "publish")
+                .order_by(Delivery.id)
+            )
+        )
+        cancelled = 0
+        recalls: list[Delivery] = []
+        for d in rows:
+            if d.status in (S.PENDING, S.SCHEDULED):
+                _end(d, S.CANCELLED, now, why, code="withdrawn")
+                cancelled += 1
+            elif d.status in (S.SENDING, S.SENT, S.DELIVERED):
+                r = Delivery(
+                    notice_id=notice_id,
+                    endpoint_id=d.endpoint_id,
+                    kind=d.kind,
+                    action="recall",
+                    recall_of=d.id,
+                    village_id=d.village_id,
+                    township_id=d.township_id,
+                    status=S.PENDING,
+                    attempts=0,
+                    due_at=now,
+                    updated_at=now,
+                )
+                s.add(r)
+                recalls.append(r)
+        s.add(
+            AuditEntry(
+                at=now,
+                actor=actor,
+                action="notice.supersede" if superseded_by is not None else "notice.withdraw",
+                notice_id=notice_id,
+                details={
+                    "reason": reason,
+                    "superseded_by": superseded_by,
+                    "cancelled": cancelled,
+                    "recalls": len(recalls),
+                },
+            )
+        )
+        s.flush()
+        return Withdrawal(
+            notice_id=notice_id,
+            cancelled=cancelled,
+            recalls=[DeliveryView.of(r) for r in recalls],
+        )
 
     # -- the delivery state machine ------------------------------------------------------
 
@@ -557,12 +706,27 @@ class Store:
                 n.id: NoticeView.of(n)
                 for n in s.scalars(select(Notice).where(Notice.id.in_({d.notice_id for d in rows})))
             }
+            recalled = {d.recall_of for d in rows if d.recall_of is not None}
+            originals = (
+                {o.id: o for o in s.scalars(select(Delivery).where(Delivery.id.in_(recalled)))}
+                if recalled
+                else {}
+            )
             for d in rows:
                 notice = notices[d.notice_id]
-                if notice.state == "withdrawn":
+                if d.action == "recall":
+                    original = originals.get(d.recall_of or -1)
+                    if original is not None and original.status == S.SENDING:
+                        # The publish is still in flight: recalling now could arrive
+                        # before it. Try again once it has settled.
+                        d.due_at = now + timedelta(seconds=RECALL_WAIT_SECONDS)
+                        d.enqueued_at = None
+                        d.updated_at = now
+                        continue
+                elif notice.state != "active":
                     _end(d, S.CANCELLED, now, tr("通知已撤回", "the notice was withdrawn"))
                     continue
-                if notice.expired(now):
+                if d.action == "publish" and notice.expired(now):
                     _end(
                         d,
                         S.EXPIRED,
@@ -868,6 +1032,7 @@ class Store:
                 .join(Notice, Notice.id == Delivery.notice_id)
                 .where(
                     Delivery.endpoint_id == endpoint_id,
+                    Delivery.action == "publish",
                     Delivery.status.in_(shown),
                     or_(Delivery.sent_at.is_not(None), Delivery.status == S.SENDING),
                 )
@@ -968,9 +1133,23 @@ class Store:
                 return None
             if status in ACK_SUCCESS:
                 dev = s.get(Device, device_id)
-                if dev is not None and status in ("shown", "cleared"):
+                if dev is not None and status == "shown":
                     showing = [c for c in (dev.showing or []) if c != command_id]
-                    dev.showing = [*showing, command_id] if status == "shown" else showing
+                    dev.showing = [*showing, command_id]
+                    dev.updated_at = now
+                elif dev is not None and status == "cleared" and dev.showing:
+                    # A clear names the notice: whatever the board showed of it is gone.
+                    gone = set(
+                        s.scalars(
+                            select(DeviceCommand.id)
+                            .join(Delivery, Delivery.id == DeviceCommand.delivery_id)
+                            .where(
+                                DeviceCommand.id.in_(list(dev.showing)),
+                                Delivery.notice_id == d.notice_id,
+                            )
+                        )
+                    )
+                    dev.showing = [c for c in dev.showing if c not in gone]
                     dev.updated_at = now
                 if d.status == S.SENT:
                     d.status = S.DELIVERED
@@ -1058,6 +1237,7 @@ class Store:
                 {
                     "id": c.id,
                     "device": c.device_id,
+                    "kind": c.kind,
                     "sync": c.sync,
                     "published_at": c.published_at,
                     "acked_at": c.acked_at,
@@ -1079,6 +1259,7 @@ class Store:
                 .join(Notice, Notice.id == Delivery.notice_id)
                 .where(
                     DeviceCommand.device_id == device_id,
+                    Delivery.action == "publish",
                     Delivery.status.in_([S.SENT, S.DELIVERED]),
                     Notice.state == "active",
                     or_(Notice.expires_at.is_(None), Notice.expires_at > now),

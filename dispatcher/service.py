@@ -25,18 +25,30 @@ from content_queue.i18n import Text, tr
 from content_queue.models import NoticeDraft
 from content_queue.registry import Registry, load_registry
 from content_queue.settings import Settings
-from content_queue.store import Claim, DeliveryView, NoticeView, Outcome, Store, SweepReport, utcnow
+from content_queue.store import (
+    Claim,
+    DeliveryView,
+    NoticeView,
+    Outcome,
+    Store,
+    SweepReport,
+    Withdrawal,
+    utcnow,
+)
 from dispatcher.planner import Plan, plan_notice
 
 __all__ = [
     "Ringer",
     "Submitted",
+    "Withdrawn",
     "backoff_seconds",
+    "correct_notice",
     "open_store",
     "process_deliveries",
     "registry_cache",
     "submit_notice",
     "sweep_once",
+    "withdraw_notice",
     "worker_name",
 ]
 
@@ -102,25 +114,80 @@ def submit_notice(
     """Plan, store (one transaction), then ring. A broker failure loses nothing."""
     plan = plan_notice(draft, registry)
     notice, deliveries = store.add_notice(draft, plan.deliveries, now=now)
+    rung, ring_error = _ring_due(store, ring, _due(deliveries), what=notice.id)
+    return Submitted(notice, deliveries, plan, rung, ring_error, list(plan.warnings))
+
+
+@dataclass
+class Withdrawn:
+    withdrawal: Withdrawal
+    rung: bool
+    ring_error: Text | None = None
+
+
+def withdraw_notice(
+    notice_id: int,
+    *,
+    store: Store,
+    ring: Ringer | None,
+    actor: str,
+    reason: str = "",
+    now: datetime | None = None,
+) -> Withdrawn:
+    """Withdraw a notice everywhere: cancel what has not gone out, recall what has."""
+    withdrawal = store.withdraw(notice_id, actor=actor, reason=reason, now=now)
+    rung, ring_error = _ring_due(store, ring, _due(withdrawal.recalls), what=notice_id)
+    return Withdrawn(withdrawal, rung, ring_error)
+
+
+def correct_notice(
+    draft: NoticeDraft,
+    *,
+    store: Store,
+    registry: Registry,
+    ring: Ringer | None,
+    actor: str,
+    reason: str = "",
+    now: datetime | None = None,
+) -> tuple[Submitted, Withdrawal]:
+    """Send a corrected revision and recall the one it supersedes (one transaction)."""
+    plan = plan_notice(draft, registry)
+    notice, deliveries, withdrawal = store.correct_notice(
+        draft, plan.deliveries, actor=actor, reason=reason, now=now
+    )
+    due = _due([*deliveries, *withdrawal.recalls])
+    rung, ring_error = _ring_due(store, ring, due, what=notice.id)
+    submitted = Submitted(notice, deliveries, plan, rung, ring_error, list(plan.warnings))
+    return submitted, withdrawal
+
+
+def _due(deliveries: Sequence[DeliveryView]) -> dict[str, list[int]]:
     due: dict[str, list[int]] = {}
     for d in deliveries:
         if d.status == "pending":
             due.setdefault(d.kind, []).append(d.id)
-    rung, ring_error = False, None
-    if due and ring is not None:
-        try:
-            ring(due, None)
-            store.mark_enqueued([i for ids in due.values() for i in ids])
-            rung = True
-        except Exception as exc:  # any broker failure: the sweeper will ring later
-            log.warning("doorbell failed for notice %s: %s", notice.id, type(exc).__name__)
-            ring_error = tr(
-                "通知已保存，但暂时无法通知工作进程（{e}）；工作进程启动后会自动发送",
-                "the notice is saved, but the worker queue cannot be reached ({e}); "
-                "it will be sent once a worker runs",
-                e=type(exc).__name__,
-            )
-    return Submitted(notice, deliveries, plan, rung, ring_error, list(plan.warnings))
+    return due
+
+
+def _ring_due(
+    store: Store, ring: Ringer | None, due: dict[str, list[int]], *, what: int
+) -> tuple[bool, Text | None]:
+    """Ring the workers for what is due now. A broker failure loses nothing: the rows are
+    in the store and the sweeper rings for them later."""
+    if not due or ring is None:
+        return False, None
+    try:
+        ring(due, None)
+        store.mark_enqueued([i for ids in due.values() for i in ids])
+    except Exception as exc:  # any broker failure: the sweeper will ring later
+        log.warning("doorbell failed for notice %s: %s", what, type(exc).__name__)
+        return False, tr(
+            "通知已保存，但暂时无法通知工作进程（{e}）；工作进程启动后会自动发送",
+            "the notice is saved, but the worker queue cannot be reached ({e}); "
+            "it will be sent once a worker runs",
+            e=type(exc).__name__,
+        )
+    return True, None
 
 
 def backoff_seconds(attempt: int, settings: Settings, *, hint: float | None = None) -> float:
@@ -149,6 +216,7 @@ def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settin
     channel = get_channel(d.kind)
     if channel is None:
         return Outcome("skipped", tr("该渠道尚未实现", "this channel is not built yet"))
+    recall = d.action == "recall"
     ctx = DeliveryContext(
         delivery_id=d.id,
         attempt=claim.attempt,
@@ -158,9 +226,11 @@ def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settin
         registry=registry,
         settings=settings,
         store=store,
+        action="recall" if recall else "publish",
+        recall_of=d.recall_of,
     )
     try:
-        result = channel.deliver(ctx)
+        result = channel.take_back(ctx) if recall else channel.deliver(ctx)
     except TransientError as exc:
         delay = backoff_seconds(claim.attempt, settings, hint=exc.retry_after)
         return Outcome(

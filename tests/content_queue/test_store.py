@@ -150,8 +150,77 @@ def test_expiry_ends_waiting_and_sent_deliveries(store: Store) -> None:
 
 def test_claim_ends_withdrawn_and_expired_notices(store: Store) -> None:
     n, _ = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
-    assert store.withdraw(n.id, actor="secretary", now=T0) == 1
-    assert store.deliveries(n.id)[0].status == "cancelled"
+    w = store.withdraw(n.id, actor="secretary", now=T0)
+    assert (w.cancelled, w.recalls) == (1, [])
+    (d,) = store.deliveries(n.id)
+    assert (d.status, d.error_code, d.error_zh) == ("cancelled", "withdrawn", "通知已撤回")
+
+
+def _publish(store: Store, plans: list[PlannedDelivery], **over: object) -> int:
+    n, ds = store.add_notice(build_notice(_notice(**over)), plans, now=T0)
+    claims = store.claim([d.id for d in ds], worker="w", lease_seconds=5, max_attempts=3, now=T0)
+    for c in claims:
+        store.finish(c, Outcome("sent"), max_attempts=3, now=T0)
+    return n.id
+
+
+def test_withdraw_recalls_every_endpoint_reached_and_cancels_the_rest(store: Store) -> None:
+    nid = _publish(store, PLANS[:1])
+    # another notice, not yet sent, is untouched
+    n2, (pending,) = store.add_notice(
+        build_notice(_notice()), [PlannedDelivery("c-tv", "tv_feed", "c", "t")], now=T0
+    )
+    w = store.withdraw(nid, actor="secretary", reason="写错了金额", now=T0)
+    assert w.cancelled == 0
+    (recall,) = w.recalls
+    (original,) = [d for d in store.deliveries(nid) if d.action == "publish"]
+    assert (recall.action, recall.recall_of, recall.endpoint_id) == ("recall", original.id, "a-tv")
+    assert recall.status == "pending" and w.recall_ids_by_kind == {"tv_feed": [recall.id]}
+    assert store.notice(nid).state == "withdrawn"
+    assert store.notice(n2.id).state == "active" and pending.status == "pending"
+    # Counts and feeds keep to publishes; the recall is its own row.
+    assert store.delivery_counts([nid]) == {nid: {"sent": 1}}
+    assert store.delivery_counts([nid], action="recall") == {nid: {"pending": 1}}
+    # The recall is claimed like any delivery (the notice's withdrawal does not cancel it).
+    (claim,) = store.claim([recall.id], worker="w", lease_seconds=5, max_attempts=3, now=T0)
+    assert claim.delivery.action == "recall" and claim.notice.state == "withdrawn"
+    assert store.finish(claim, Outcome("delivered"), max_attempts=3, now=T0) == "delivered"
+
+
+def test_withdrawing_twice_is_a_clear_error(store: Store) -> None:
+    from content_queue.errors import StateError
+
+    nid = _publish(store, PLANS[:1])
+    store.withdraw(nid, actor="secretary", now=T0)
+    with pytest.raises(StateError) as err:
+        store.withdraw(nid, actor="secretary", now=T0)
+    assert err.value.render("zh") == f"通知 {nid} 已撤回，不能再撤回"
+
+
+def test_recall_waits_while_its_publish_is_in_flight(store: Store) -> None:
+    n, (d,) = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    (claim,) = store.claim([d.id], worker="w", lease_seconds=5, max_attempts=3, now=T0)
+    (recall,) = store.withdraw(n.id, actor="secretary", now=T0).recalls
+    assert store.claim([recall.id], worker="w2", lease_seconds=5, max_attempts=3, now=T0) == []
+    (r,) = store.deliveries(ids=[recall.id])
+    assert r.status == "pending" and r.due_at > T0
+    store.finish(claim, Outcome("sent"), max_attempts=3, now=T0)
+    later = T0 + timedelta(seconds=5)
+    (c,) = store.claim([recall.id], worker="w2", lease_seconds=5, max_attempts=3, now=later)
+    assert c.delivery.recall_of == d.id
+
+
+def test_correction_supersedes_and_recalls_in_one_transaction(store: Store) -> None:
+    nid = _publish(store, PLANS[:2])
+    draft = build_notice(_notice(body="更正后的内容", supersedes=nid, revision=2))
+    new, rows, w = store.correct_notice(draft, PLANS[:2], actor="secretary", now=T0)
+    assert (new.revision, new.supersedes_id, new.state) == (2, nid, "active")
+    assert [r.status for r in rows] == ["pending", "pending"]
+    assert len(w.recalls) == 2 and store.notice(nid).state == "superseded"
+    with pytest.raises(Exception, match="superseded"):
+        store.correct_notice(draft, PLANS[:2], actor="secretary", now=T0)
+    # the failed second correction left nothing behind
+    assert len(store.notices()) == 2
 
 
 def test_feed_fetch_confirms_only_what_was_sent(store: Store) -> None:
