@@ -345,6 +345,17 @@ def notice_add(
             "--timeout", help=h("--wait 最长等待秒数", "--wait gives up after this many seconds")
         ),
     ] = 600.0,
+    mask_personal_data: Annotated[
+        bool,
+        typer.Option(
+            "--mask-personal-data",
+            help=h(
+                "把身份证号、手机号、银行卡号按公示惯例打码后发布（默认拒绝发布）",
+                "mask resident IDs, mobiles and bank cards in the published style "
+                "(by default such a notice is refused)",
+            ),
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help=h("输出 JSON", "print JSON"))] = False,
 ) -> None:
     from content_queue.errors import NoticeError
@@ -370,6 +381,7 @@ def notice_add(
         "publish_at": _parse_time(publish_at, "--publish-at"),
         "expires_at": _parse_time(expires_at, "--expires-at"),
         "author": author or os.environ.get("USER", ""),
+        "personal_data": "mask" if mask_personal_data else "block",
     }
     if table_file is not None:
         data["table"] = _read_table(table_file)
@@ -798,6 +810,13 @@ def notice_correct(
         str, typer.Option("--reason", help=h("更正原因（记入审计日志）", "why (audit log)"))
     ] = "",
     author: Annotated[str | None, typer.Option("--author", help=h("操作人", "who"))] = None,
+    mask_personal_data: Annotated[
+        bool,
+        typer.Option(
+            "--mask-personal-data",
+            help=h("个人信息按公示惯例打码", "mask personal data in the published style"),
+        ),
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help=h("显示进度", "show progress"))] = False,
     timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -838,6 +857,7 @@ def notice_correct(
         "author": _actor(author),
         "revision": old.revision + 1,
         "supersedes": old.id,
+        "personal_data": "mask" if mask_personal_data else "block",
     }
     draft = build_notice({k: v for k, v in data.items() if v is not None})
     registry = registry_cache.get(settings.devices)

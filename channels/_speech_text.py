@@ -53,6 +53,8 @@ from typing import Any
 
 import cn2an  # type: ignore[import-untyped]
 
+from content_queue.privacy import gb11643_check, luhn_ok
+
 __all__ = [
     "CLOSING",
     "EMERGENCY_CLOSING",
@@ -328,25 +330,15 @@ def _id_kind(digits: str) -> str:
         and _valid_date("19" + digits[6:8], digits[8:10], digits[10:12])
     ):
         return "身份证号"
-    if 13 <= len(digits) <= 19 and digits.isdigit() and _luhn_ok(digits):
+    if 13 <= len(digits) <= 19 and digits.isdigit() and luhn_ok(digits):
         return "银行卡号"
     return "号码"
 
 
 def _gb11643_ok(value: str) -> bool:
-    if not re.fullmatch(r"\d{17}[\dXx]", value):
-        return False
-    weights = [pow(2, 17 - i, 11) for i in range(17)]
-    check = (12 - sum(int(d) * w for d, w in zip(value, weights, strict=False)) % 11) % 11
-    return value[-1].upper() == ("X" if check == 10 else str(check))
-
-
-def _luhn_ok(value: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(value)):
-        d = int(ch) * (2 if i % 2 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
+    return bool(re.fullmatch(r"\d{17}[\dXx]", value)) and value[-1].upper() == gb11643_check(
+        value[:17]
+    )
 
 
 def _valid_date(y: str, m: str, d: str) -> bool:

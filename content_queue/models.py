@@ -6,7 +6,7 @@ import os
 import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -160,6 +160,9 @@ class NoticeDraft(BaseModel):
     revision: int = Field(default=1, ge=1)
     supersedes: int | None = Field(default=None, ge=1)
     table: NoticeTable | None = None
+    personal_data: Literal["block", "mask"] = "block"
+    """What to do with personal data found before publishing (content_queue.privacy):
+    refuse the notice with every finding named, or mask it in the published style."""
 
     @field_validator("title", "body", mode="before")
     @classmethod
@@ -196,6 +199,7 @@ _FIELD_LABELS: dict[str, Text] = {
     "revision": tr("版本号", "revision"),
     "supersedes": tr("更正的通知", "superseded notice"),
     "table": tr("表格", "table"),
+    "personal_data": tr("个人信息处理方式", "personal data handling"),
 }
 
 

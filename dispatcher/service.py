@@ -20,9 +20,10 @@ from channels.base import (
     TransientError,
     get_channel,
 )
-from content_queue.errors import ConfigError, VillagecastError
+from content_queue.errors import ConfigError, NoticeError, VillagecastError
 from content_queue.i18n import Text, tr
-from content_queue.models import NoticeDraft
+from content_queue.models import NoticeDraft, NoticeTable
+from content_queue.privacy import scan_notice
 from content_queue.registry import Registry, load_registry
 from content_queue.settings import Settings
 from content_queue.store import (
@@ -43,6 +44,7 @@ __all__ = [
     "Withdrawn",
     "backoff_seconds",
     "correct_notice",
+    "guard_personal_data",
     "open_store",
     "process_deliveries",
     "registry_cache",
@@ -112,6 +114,7 @@ def submit_notice(
     now: datetime | None = None,
 ) -> Submitted:
     """Plan, store (one transaction), then ring. A broker failure loses nothing."""
+    draft = guard_personal_data(draft)
     plan = plan_notice(draft, registry)
     notice, deliveries = store.add_notice(draft, plan.deliveries, now=now)
     rung, ring_error = _ring_due(store, ring, _due(deliveries), what=notice.id)
@@ -151,6 +154,7 @@ def correct_notice(
     now: datetime | None = None,
 ) -> tuple[Submitted, Withdrawal]:
     """Send a corrected revision and recall the one it supersedes (one transaction)."""
+    draft = guard_personal_data(draft)
     plan = plan_notice(draft, registry)
     notice, deliveries, withdrawal = store.correct_notice(
         draft, plan.deliveries, actor=actor, reason=reason, now=now
@@ -159,6 +163,32 @@ def correct_notice(
     rung, ring_error = _ring_due(store, ring, due, what=notice.id)
     submitted = Submitted(notice, deliveries, plan, rung, ring_error, list(plan.warnings))
     return submitted, withdrawal
+
+
+def guard_personal_data(draft: NoticeDraft) -> NoticeDraft:
+    """Nothing with a resident ID, mobile or bank card number reaches a public channel:
+    the notice is refused with each finding named (masked), or masked when asked."""
+    scan = scan_notice(draft.title, draft.body, draft.table.model_dump() if draft.table else None)
+    if not scan.findings:
+        return draft
+    if draft.personal_data == "mask":
+        return draft.model_copy(
+            update={
+                "title": scan.title,
+                "body": scan.body,
+                "table": NoticeTable(**scan.table) if scan.table is not None else None,
+            }
+        )
+    raise NoticeError(
+        tr(
+            "通知含有 {n} 处个人信息，公开前必须处理：请删除或修改，"
+            "或用 --mask-personal-data 按公示惯例打码（如 138****1234）",
+            "the notice holds {n} piece(s) of personal data: remove them, or use "
+            "--mask-personal-data to mask them in the published style (e.g. 138****1234)",
+            n=len(scan.findings),
+        ),
+        details=[f.describe() for f in scan.findings],
+    )
 
 
 def _due(deliveries: Sequence[DeliveryView]) -> dict[str, list[int]]:
