@@ -135,7 +135,9 @@ devices_app = _typer("检查 devices.yaml（村、乡镇和设备登记）", "ch
 keys_app = _typer("设备指令签名密钥", "signing keys for device commands")
 mqtt_app = _typer("MQTT 服务器配置", "MQTT broker configuration")
 device_app = _typer("参考设备与模拟器", "the reference device and simulator")
+audit_app = _typer("审计日志：查看和校验", "the audit log: show and verify")
 app.add_typer(notice_app, name="notice")
+app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")
 app.add_typer(keys_app, name="keys")
 app.add_typer(mqtt_app, name="mqtt")
@@ -898,6 +900,135 @@ def notice_correct(
                 "recalls": [delivery_json(d) for d in _recalls_of(store, notice_id)()],
             }
         )
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+@audit_app.command(
+    "verify",
+    help=h(
+        "校验审计日志的哈希链：发现被改动、删除或插入的记录",
+        "check the audit log's hash chain: find edited, deleted or inserted entries",
+    ),
+)
+def audit_verify(
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            help=h(
+                "上次记下的最新哈希：检查此后没有记录被截掉",
+                "the head hash written down earlier: checks nothing was cut off the end",
+            ),
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    store = _store(_settings())
+    report = store.verify_audit()
+    problems = [(i, t.render()) for i, t in report.problems]
+    cut = False
+    if expect_head and not problems:
+        known = {e["hash"] for e in store.audit_entries(limit=None)}
+        cut = expect_head not in known
+        if cut:
+            problems.append(
+                (
+                    0,
+                    tr(
+                        "记下的哈希 {h} 不在日志中：日志末尾的记录被删除过",
+                        "the head {h} written down earlier is not in the log: entries were "
+                        "cut off the end",
+                        h=expect_head[:16],
+                    ).render(),
+                )
+            )
+    if as_json:
+        _echo_json(
+            {
+                "ok": not problems,
+                "entries": report.count,
+                "head": report.head,
+                "problems": [{"id": i, "problem": p} for i, p in problems],
+            }
+        )
+    elif not problems:
+        typer.secho(
+            tr(
+                "审计日志完整：共 {n} 条，最新哈希 {h}（请记下，下次用 --expect-head 核对）",
+                "the audit log is intact: {n} entries, head {h} (write it down and check it "
+                "next time with --expect-head)",
+                n=report.count,
+                h=report.head,
+            ).render(),
+            fg="green",
+        )
+    else:
+        typer.secho(
+            tr(
+                "审计日志被改动过（{n} 处问题）：",
+                "the audit log was tampered with ({n} problem(s)):",
+                n=len(problems),
+            ).render(),
+            fg="red",
+            err=True,
+        )
+        for _, p in problems:
+            typer.echo(f"  - {p}", err=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+@audit_app.command("show", help=h("查看审计日志", "show the audit log"))
+def audit_show(
+    notice: Annotated[
+        int | None, typer.Option("--notice", help=h("某条通知", "one notice"))
+    ] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help=h("操作人", "who"))] = None,
+    action: Annotated[
+        str | None,
+        typer.Option("--action", help=h("动作，如 notice.withdraw", "e.g. notice.withdraw")),
+    ] = None,
+    since: Annotated[str | None, typer.Option("--since", help=h("起始时间", "from"))] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100000)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    store = _store(_settings())
+    rows = store.audit_entries(
+        notice_id=notice,
+        actor=actor,
+        action=action,
+        since=_parse_time(since, "--since"),
+        limit=limit,
+    )
+    if as_json:
+        _echo_json([{**r, "at": r["at"].isoformat()} for r in rows])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    zh = current_lang() == "zh"
+    table = Table()
+    for zh_name, en_name in (
+        ("序号", "id"),
+        ("时间", "time"),
+        ("操作人", "actor"),
+        ("动作", "action"),
+        ("通知", "notice"),
+        ("详情", "details"),
+    ):
+        table.add_column(zh_name if zh else en_name, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            _ts(r["at"]),
+            r["actor"],
+            r["action"],
+            str(r["notice_id"] or "-"),
+            json.dumps(r["details"], ensure_ascii=False),
+        )
+    Console().print(table)
 
 
 # -- status, devices, feed -----------------------------------------------------------------

@@ -164,6 +164,9 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(32))
     notice_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 sealing this entry and ``prev_hash`` (content_queue.audit)."""
 
 
 class DeviceCommand(Base):

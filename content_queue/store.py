@@ -24,6 +24,7 @@ from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select,
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from content_queue.audit import AuditReport, install_chain, verify_chain
 from content_queue.db import (
     Attempt,
     AuditEntry,
@@ -311,6 +312,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = _engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        install_chain(self._sessions)
         self.read_engine = _engine(url, readonly=True) if url.startswith("sqlite") else self.engine
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         if migrate:
@@ -663,6 +665,53 @@ class Store:
             cancelled=cancelled,
             recalls=[DeliveryView.of(r) for r in recalls],
         )
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit_entries(
+        self,
+        *,
+        notice_id: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 200,
+    ) -> list[dict[str, Any]]:
+        """Audit entries, oldest first (the last ``limit`` of them)."""
+        with self.session(readonly=True) as s:
+            q = select(AuditEntry)
+            if notice_id is not None:
+                q = q.where(AuditEntry.notice_id == notice_id)
+            if actor is not None:
+                q = q.where(AuditEntry.actor == actor)
+            if action is not None:
+                q = q.where(AuditEntry.action == action)
+            if since is not None:
+                q = q.where(AuditEntry.at >= since)
+            q = q.order_by(AuditEntry.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            rows = list(s.scalars(q))
+            return [
+                {
+                    "id": e.id,
+                    "at": e.at,
+                    "actor": e.actor,
+                    "action": e.action,
+                    "notice_id": e.notice_id,
+                    "details": dict(e.details or {}),
+                    "hash": e.hash,
+                }
+                for e in reversed(rows)
+            ]
+
+    def verify_audit(self) -> AuditReport:
+        """Recompute the audit chain from the first entry (streamed, any size)."""
+        with self.session(readonly=True) as s:
+            entries = s.scalars(
+                select(AuditEntry).order_by(AuditEntry.id).execution_options(yield_per=1000)
+            )
+            return verify_chain(entries)
 
     # -- the delivery state machine ------------------------------------------------------
 
