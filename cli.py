@@ -902,6 +902,110 @@ def notice_correct(
         )
 
 
+@notice_app.command(
+    "export",
+    help=h("把通知导出为 CAP 1.2 警报（XML）", "export a notice as a CAP 1.2 alert (XML)"),
+)
+def notice_export(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    fmt: Annotated[str, typer.Option("--format", help=h("格式：cap", "format: cap"))] = "cap",
+    out: Annotated[
+        Path | None, typer.Option("--out", help=h("写入文件（默认输出到屏幕）", "write to a file"))
+    ] = None,
+) -> None:
+    from content_queue.cap import export_alert
+    from content_queue.errors import NoticeError
+    from dispatcher.service import registry_cache
+
+    if fmt != "cap":
+        raise NoticeError(
+            tr("不支持的格式 {f}（可用：cap）", "unknown format {f} (use cap)", f=fmt)
+        )
+    settings = _settings()
+    store = _store(settings)
+    n = store.notice(notice_id)
+    villages = sorted(
+        {d.village_id for d in store.deliveries(notice_id) if d.village_id is not None}
+    )
+    superseded = store.notice(n.supersedes_id) if n.supersedes_id else None
+    data = export_alert(
+        n,
+        registry=registry_cache.get(settings.devices),
+        villages=villages,
+        superseded=superseded,
+    )
+    if out is None:
+        sys.stdout.write(data.decode("utf-8"))
+    else:
+        out.write_bytes(data)
+        typer.echo(tr("已写入 {p}", "wrote {p}", p=out).render())
+
+
+@notice_app.command(
+    "import",
+    help=h(
+        "导入 CAP 1.2 警报（如县气象预警）：按地区编码发给对应的村；更新即更正，取消即撤回",
+        "import a CAP 1.2 alert (e.g. a county weather warning) for the villages its area "
+        "codes name; an Update corrects, a Cancel withdraws",
+    ),
+)
+def notice_import(
+    path: Annotated[Path, typer.Argument(metavar="FILE.xml")],
+    author: Annotated[str | None, typer.Option("--author", help=h("操作人", "who"))] = None,
+    wait: Annotated[bool, typer.Option("--wait", help=h("显示进度", "show progress"))] = False,
+    timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    from content_queue.errors import NoticeError
+    from dispatcher.service import import_cap, registry_cache
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise NoticeError(
+            tr("无法读取 {p}：{e}", "cannot read {p}: {e}", p=path, e=exc.strerror)
+        ) from None
+    settings = _settings()
+    store = _store(settings)
+    done = import_cap(
+        data,
+        store=store,
+        registry=registry_cache.get(settings.devices),
+        ring=_ringer(settings),
+        actor=_actor(author),
+    )
+    labels = {
+        "added": tr("已导入为通知 #{id}", "imported as notice #{id}", id=done.notice_id),
+        "corrected": tr("已更正为通知 #{id}", "corrected as notice #{id}", id=done.notice_id),
+        "withdrawn": tr("已撤回通知 #{id}", "withdrew notice #{id}", id=done.notice_id),
+    }
+    if not as_json:
+        typer.echo(
+            tr(
+                "CAP 警报 {ident}（{t}）：{what}",
+                "CAP alert {ident} ({t}): {what}",
+                ident=done.alert.identifier,
+                t=done.alert.msg_type,
+                what=labels[done.action],
+            ).render()
+        )
+        if done.submitted is not None:
+            _print_submitted(done.submitted)
+    fetch = _recalls_of(store, done.notice_id) if done.action == "withdrawn" else None
+    if wait:
+        _wait(store, done.notice_id, timeout=timeout, quiet=as_json, fetch=fetch)
+    if as_json:
+        _echo_json(
+            {
+                "identifier": done.alert.identifier,
+                "msg_type": done.alert.msg_type,
+                "action": done.action,
+                "notice": notice_json(store.notice(done.notice_id)),
+                "deliveries": [delivery_json(d) for d in store.deliveries(done.notice_id)],
+            }
+        )
+
+
 # -- audit -------------------------------------------------------------------------------
 
 

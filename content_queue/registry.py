@@ -165,6 +165,10 @@ class OfficialAccountEndpoint(_EndpointBase):
 class Village(_Model):
     id: Ident
     name: str = Field(min_length=1)
+    code: Annotated[
+        str | None,
+        Field(pattern=r"^\d{12}$", description="12-digit statistical area code (统计用区划代码)"),
+    ] = None
     quiet_hours: QuietHours | None = None
     voice: str | None = None
     endpoints: list[Endpoint] = Field(default_factory=list)
@@ -173,6 +177,9 @@ class Village(_Model):
 class Township(_Model):
     id: Ident
     name: str = Field(min_length=1)
+    code: Annotated[
+        str | None, Field(pattern=r"^\d{9}$", description="9-digit township area code")
+    ] = None
     villages: list[Village] = Field(default_factory=list)
 
 
@@ -234,6 +241,26 @@ class Registry:
             self.endpoint_village[oa.id] = None
 
     # -- lookups -------------------------------------------------------------------------
+
+    def villages_for_area_code(self, code: str) -> set[str] | None:
+        """Villages an administrative area code covers: the county's 6 digits, a
+        township's 9 or a village's 12 (a shorter code covers every village under it);
+        None when the code is not in this county."""
+        county = self.doc.county.code
+        if not code.isdigit() or not (code.startswith(county) or county.startswith(code)):
+            return None
+        if len(code) <= len(county):
+            return set(self.villages)
+        # A code covers a village when it is a prefix of the village's own code or of
+        # its township's (a township code covers the whole township).
+        found = {
+            v.id
+            for t in self.doc.townships
+            for v in t.villages
+            if (v.code is not None and v.code.startswith(code))
+            or (t.code is not None and t.code.startswith(code))
+        }
+        return found or None
 
     def endpoint(self, endpoint_id: str) -> AnyEndpoint | None:
         return self.endpoints.get(endpoint_id)

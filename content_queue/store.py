@@ -389,11 +389,28 @@ class Store:
         plans: Sequence[PlannedDelivery],
         *,
         now: datetime | None = None,
+        source: dict[str, Any] | None = None,
     ) -> tuple[NoticeView, list[DeliveryView]]:
-        """Write the notice and one delivery per endpoint in one transaction."""
+        """Write the notice and one delivery per endpoint in one transaction.
+
+        ``source`` (e.g. ``{"cap_identifier": ...}``) is kept in the audit entry, so an
+        imported notice can be found again by where it came from."""
         now = now or utcnow()
         with self.session() as s:
-            return self._add_notice(s, draft, plans, now=now)
+            return self._add_notice(s, draft, plans, now=now, source=source)
+
+    def notice_id_for_source(self, key: str, value: str) -> int | None:
+        """The newest notice added with ``source[key] == value``."""
+        with self.session(readonly=True) as s:
+            return s.scalar(
+                select(AuditEntry.notice_id)
+                .where(
+                    AuditEntry.action == "notice.add",
+                    AuditEntry.details[key].as_string() == value,
+                )
+                .order_by(AuditEntry.id.desc())
+                .limit(1)
+            )
 
     def correct_notice(
         self,
@@ -403,6 +420,7 @@ class Store:
         actor: str,
         reason: str = "",
         now: datetime | None = None,
+        source: dict[str, Any] | None = None,
     ) -> tuple[NoticeView, list[DeliveryView], Withdrawal]:
         """Add a corrected revision and supersede the old one, in one transaction: the old
         revision is recalled from every endpoint it reached and the new one goes out."""
@@ -410,7 +428,7 @@ class Store:
             raise StateError(tr("更正必须指明被更正的通知", "a correction must name its notice"))
         now = now or utcnow()
         with self.session() as s:
-            notice, rows = self._add_notice(s, draft, plans, now=now)
+            notice, rows = self._add_notice(s, draft, plans, now=now, source=source)
             withdrawal = self._withdraw(
                 s, draft.supersedes, actor=actor, reason=reason, superseded_by=notice.id, now=now
             )
@@ -418,7 +436,12 @@ class Store:
 
     @staticmethod
     def _add_notice(
-        s: Session, draft: NoticeDraft, plans: Sequence[PlannedDelivery], *, now: datetime
+        s: Session,
+        draft: NoticeDraft,
+        plans: Sequence[PlannedDelivery],
+        *,
+        now: datetime,
+        source: dict[str, Any] | None = None,
     ) -> tuple[NoticeView, list[DeliveryView]]:
         publish_at = draft.publish_at or now
         if draft.supersedes is not None and s.get(Notice, draft.supersedes) is None:
@@ -476,7 +499,7 @@ class Store:
                 actor=draft.author or "cli",
                 action="notice.add",
                 notice_id=notice.id,
-                details={"deliveries": len(rows), "title": draft.title},
+                details={"deliveries": len(rows), "title": draft.title, **(source or {})},
             )
         )
         s.flush()

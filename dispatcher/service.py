@@ -20,7 +20,14 @@ from channels.base import (
     TransientError,
     get_channel,
 )
-from content_queue.errors import ConfigError, NoticeError, VillagecastError
+from content_queue.cap import ImportedAlert, parse_alert
+from content_queue.errors import (
+    ConfigError,
+    NotFoundError,
+    NoticeError,
+    StateError,
+    VillagecastError,
+)
 from content_queue.i18n import Text, tr
 from content_queue.models import NoticeDraft, NoticeTable
 from content_queue.privacy import scan_notice
@@ -39,12 +46,14 @@ from content_queue.store import (
 from dispatcher.planner import Plan, plan_notice
 
 __all__ = [
+    "CapImport",
     "Ringer",
     "Submitted",
     "Withdrawn",
     "backoff_seconds",
     "correct_notice",
     "guard_personal_data",
+    "import_cap",
     "open_store",
     "process_deliveries",
     "registry_cache",
@@ -163,6 +172,85 @@ def correct_notice(
     rung, ring_error = _ring_due(store, ring, due, what=notice.id)
     submitted = Submitted(notice, deliveries, plan, rung, ring_error, list(plan.warnings))
     return submitted, withdrawal
+
+
+@dataclass
+class CapImport:
+    alert: ImportedAlert
+    action: str
+    """``added``, ``corrected`` or ``withdrawn``."""
+    notice_id: int
+    submitted: Submitted | None = None
+    withdrawn: Withdrawn | None = None
+
+
+def import_cap(
+    data: bytes,
+    *,
+    store: Store,
+    registry: Registry,
+    ring: Ringer | None,
+    actor: str,
+    now: datetime | None = None,
+) -> CapImport:
+    """Turn an incoming CAP 1.2 alert into a notice, a correction or a withdrawal."""
+    alert = parse_alert(data, registry=registry, author=actor)
+    source = {"cap_identifier": alert.identifier, "cap_sender": alert.sender}
+    if store.notice_id_for_source("cap_identifier", alert.identifier) is not None:
+        raise StateError(
+            tr(
+                "这条 CAP 警报（{id}）已经导入过",
+                "this CAP alert ({id}) was imported already",
+                id=alert.identifier,
+            )
+        )
+    earlier = next(
+        (
+            nid
+            for ref in alert.references
+            if (nid := store.notice_id_for_source("cap_identifier", ref)) is not None
+        ),
+        None,
+    )
+    if alert.msg_type == "Cancel":
+        if earlier is None:
+            raise NotFoundError(
+                tr(
+                    "要取消的警报（{refs}）没有导入过，无需撤回",
+                    "the alert to cancel ({refs}) was never imported; nothing to withdraw",
+                    refs=", ".join(alert.references),
+                )
+            )
+        done = withdraw_notice(
+            earlier, store=store, ring=ring, actor=actor, reason=f"CAP Cancel {alert.identifier}"
+        )
+        return CapImport(alert, "withdrawn", earlier, withdrawn=done)
+    assert alert.draft is not None
+    if alert.msg_type == "Update" and earlier is not None:
+        old = store.notice(earlier)
+        if old.state == "active":
+            draft = alert.draft.model_copy(
+                update={"supersedes": old.id, "revision": old.revision + 1}
+            )
+            draft = guard_personal_data(draft)
+            plan = plan_notice(draft, registry)
+            notice, rows, withdrawal = store.correct_notice(
+                draft,
+                plan.deliveries,
+                actor=actor,
+                reason=f"CAP Update {alert.identifier}",
+                now=now,
+                source=source,
+            )
+            rung, err = _ring_due(store, ring, _due([*rows, *withdrawal.recalls]), what=notice.id)
+            sub = Submitted(notice, rows, plan, rung, err, list(plan.warnings))
+            return CapImport(alert, "corrected", notice.id, submitted=sub)
+    draft = guard_personal_data(alert.draft)
+    plan = plan_notice(draft, registry)
+    notice, rows = store.add_notice(draft, plan.deliveries, now=now, source=source)
+    rung, err = _ring_due(store, ring, _due(rows), what=notice.id)
+    sub = Submitted(notice, rows, plan, rung, err, list(plan.warnings))
+    return CapImport(alert, "added", notice.id, submitted=sub)
 
 
 def guard_personal_data(draft: NoticeDraft) -> NoticeDraft:
