@@ -326,9 +326,10 @@ def render_withdrawal(
     """The message that takes a notice back where a robot cannot delete: title, time, and
     "此前发布的通知已撤回"."""
     when = _when(notice)
+    instead = "以更正后的通知为准" if notice.state == "superseded" else "以村里后续通知为准"
     sentence = (
         f"{village + '于' if village else ''}{when} 发布的通知《{notice.title}》已撤回，"
-        "请不要再按该通知办理，以村里后续通知为准。"
+        f"请不要再按该通知办理，{instead}。"
     )
     if fmt == "text":
         content = f"【撤回】{notice.title}\n此前发布的通知已撤回。\n{sentence}"

@@ -62,6 +62,7 @@ Errors (one table, :data:`ERRCODES`; every response's ``errcode`` is read, HTTP 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -216,6 +217,14 @@ class _Job:
 
 _CLIENTS: dict[int, httpx.Client] = {}
 _CLIENTS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_clients() -> None:
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
 
 
 def _shared_client() -> httpx.Client:

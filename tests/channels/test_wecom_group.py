@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -436,6 +437,7 @@ def test_a_short_wait_is_waited_out_in_the_worker(
     fast_window: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VILLAGECAST_WECOM_MAX_WAIT_SECONDS", "2")
+    monkeypatch.setenv("VILLAGECAST_LEASE_SECONDS", "20")  # the wait is capped at lease / 4
     fast_window.refresh()
     env = fast_window
     naps: list[float] = []
@@ -624,6 +626,20 @@ def test_recall_sends_a_withdrawal_message_once(wecom: Env) -> None:
     assert when in withdrawal
     channel.take_back(recall)  # a repeat sends nothing more
     assert len(wecom.server.posted(wecom.key)) == 2
+
+
+def test_withdrawal_of_a_corrected_notice_points_to_the_correction(wecom: Env) -> None:
+    ctx = _ctx(wecom, title="停水通知", endpoint=_endpoint(format="text"))
+    channel = _channel()
+    channel.deliver(ctx)
+    recall = _recall_ctx(wecom, ctx)
+    superseded = dataclasses.replace(
+        recall, notice=dataclasses.replace(ctx.notice, state="superseded")
+    )
+    channel.take_back(superseded)
+    withdrawal = wecom.server.posted(wecom.key)[-1].content
+    assert withdrawal.startswith("【撤回】停水通知\n此前发布的通知已撤回。")
+    assert "以更正后的通知为准" in withdrawal
 
 
 def test_recall_of_a_notice_that_never_reached_the_group_sends_nothing(wecom: Env) -> None:
