@@ -21,6 +21,7 @@ kept in :attr:`WecomStandin.records` so tests can count side effects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -144,6 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.server.conns.add(self.connection)
         # Headers and body leave in separate writes: without this, Nagle's algorithm and the
         # client's delayed ACK add 40 ms to every answer on loopback.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -184,6 +186,11 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     standin: WecomStandin
+    conns: set[socket.socket]
+
+    def shutdown_request(self, request: Any) -> None:
+        self.conns.discard(request)
+        super().shutdown_request(request)
 
 
 class WecomStandin:
@@ -203,6 +210,7 @@ class WecomStandin:
     def start(self) -> WecomStandin:
         server = _Server((self.host, 0), _Handler)
         server.standin = self
+        server.conns = set()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, daemon=True)
         self._thread.start()
@@ -212,6 +220,11 @@ class WecomStandin:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            # Keep-alive connections of clients still open: close them, not the GC.
+            for conn in list(self._server.conns):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
             self._server = None
 
     def __enter__(self) -> WecomStandin:

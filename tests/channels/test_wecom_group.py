@@ -24,7 +24,7 @@ from channels.base import (
     TransientError,
     get_channel,
 )
-from channels.wecom_group import WecomGroupChannel, robot_id
+from channels.wecom_group import WecomGroupChannel, _close_clients, robot_id
 from content_queue.db import Delivery
 from content_queue.errors import ConfigError
 from content_queue.models import build_notice, local_tz
@@ -44,6 +44,7 @@ SENTENCE = "请各位村民于本周六上午九点到村委会参加村民代�
 def server() -> Iterator[WecomStandin]:
     with WecomStandin() as standin:
         yield standin
+    _close_clients()  # the channel's keep-alive client talked to this server
 
 
 @dataclass
