@@ -353,6 +353,9 @@ def main() -> None:
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait()
+    from bench.wecom import wecom_rows  # imports Row from this module
+
+    rows += wecom_rows(quick=args.quick)
     if not args.no_devices:
         from bench.led import led_rows  # imports Row from this module
 

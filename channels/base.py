@@ -229,10 +229,6 @@ def secret_from_env(name: str, *, endpoint_id: str) -> str:
 
 # Kinds whose channel lands in a later issue: deliveries to them end 'skipped' until then.
 PLANNED_CHANNELS: dict[str, Text] = {
-    "wecom_group": tr(
-        "企业微信群机器人渠道尚未上线（计划中：#5）",
-        "the WeCom group robot channel is not built yet (issue #5)",
-    ),
     "wechat_official_account": tr(
         "公众号渠道尚未上线（计划中：#5）",
         "the official account channel is not built yet (issue #5)",
@@ -243,6 +239,7 @@ _BUILTIN: dict[str, str] = {
     "tv_feed": "channels.tv_feed:TvFeedChannel",
     "led": "channels.led:LedChannel",
     "speaker": "channels.speaker:SpeakerChannel",
+    "wecom_group": "channels.wecom_group:WecomGroupChannel",
 }
 _registered: dict[str, type[Channel]] = {}
 _instances: dict[str, Channel] = {}

@@ -79,6 +79,18 @@ class Settings(BaseSettings):
     ack_timeout_seconds: float = Field(default=180.0, gt=0)
     """An online device that has not acked a command this long gets it again."""
 
+    # WeCom group robots (issue #5).
+    wecom_base_url: str = Field(default="https://qyapi.weixin.qq.com", pattern=r"^https?://\S+$")
+    """Where the webhook API lives: the real host, a government proxy, or a local stand-in."""
+    wecom_rate_per_minute: int = Field(default=20, ge=0, le=10000)
+    """Messages one robot may send per window (WeCom allows 20 a minute); 0 turns the shared
+    limiter off (benchmarks only: WeCom then answers 45009 and the delivery is retried)."""
+    wecom_rate_window_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """The window of that limit: WeCom's minute. Tests shrink it to run the same logic fast."""
+    wecom_max_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    """How long a worker may wait for a robot's window or send lock before it reschedules the
+    delivery instead (never more than a quarter of ``lease_seconds``)."""
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from content_queue.errors import VillagecastError
 from content_queue.i18n import current_lang, tr
 from content_queue.models import build_notice
-from content_queue.registry import Registry, TvFeedEndpoint, load_registry
+from content_queue.registry import Registry, TvFeedEndpoint, WecomGroupEndpoint, load_registry
 from content_queue.settings import get_settings, reset_settings
 from content_queue.store import SETTLED, STATUS_LABELS, Store
 from dispatcher import service
@@ -143,6 +143,25 @@ def _start_ingest_standins(registry: Registry) -> list[ThreadingHTTPServer]:
     return servers
 
 
+def _start_wecom_standin(registry: Registry) -> Any:
+    """A local stand-in for WeCom's robot webhook (refdevice.wecom_standin): the demo never
+    talks to the real WeCom, whatever keys the environment holds."""
+    from refdevice.wecom_standin import WecomStandin
+
+    robots = [ep for ep in registry.endpoints.values() if isinstance(ep, WecomGroupEndpoint)]
+    standin = WecomStandin().start()
+    os.environ["VILLAGECAST_WECOM_BASE_URL"] = standin.base_url
+    for ep in robots:
+        os.environ[ep.webhook_key_env] = standin.add_key()
+    _say(
+        "已启动模拟企业微信群机器人接口（{n} 个群）：{u}",
+        "started a stand-in WeCom robot webhook ({n} groups): {u}",
+        n=len(robots),
+        u=standin.base_url,
+    )
+    return standin
+
+
 def _start_boards(settings: Any) -> list[Any]:
     """Reference devices for every LED board and loudspeaker in devices.yaml."""
     from dispatcher.simulate import build_devices
@@ -208,6 +227,9 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
     settings = get_settings()
     registry = load_registry(settings.devices)
     standins = _start_ingest_standins(registry)
+    wecom = _start_wecom_standin(registry)
+    reset_settings()
+    settings = get_settings()
     _say("数据目录：{h}", "data directory: {h}", h=home)
     _say("正在启动工作进程……", "starting the worker...")
     worker_log = home / "logs" / "worker.log"
@@ -250,6 +272,11 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
         while time.monotonic() < deadline and store.count_open(ids, ("delivered", "skipped")):
             time.sleep(0.1)
         _print_summary(store, ids, Console(), Table)
+        _say(
+            "模拟企业微信群共收到 {n} 条消息",
+            "the stand-in WeCom groups received {n} messages",
+            n=len(wecom.posted()),
+        )
         deliveries = [d for nid in ids for d in store.deliveries(nid)]
         ok = settled and all(d.status in ("delivered", "skipped") for d in deliveries)
         first_village = next(iter(registry.villages))
@@ -277,6 +304,7 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
         for server in standins:
             server.shutdown()
             server.server_close()
+        wecom.stop()
 
 
 def _print_summary(store: Store, ids: list[int], console: Any, table_cls: Any) -> None:

@@ -81,10 +81,10 @@ def test_add_and_show_as_json(home: Path) -> None:
     kinds = {d["endpoint"]: (d["kind"], d["status"]) for d in shown["deliveries"]}
     assert kinds["east-liu-tv"] == ("tv_feed", "pending")
     assert kinds["east-liu-led"] == ("led", "pending")
-    assert kinds["east-liu-wecom"] == ("wecom_group", "skipped")
+    assert kinds["east-liu-wecom"] == ("wecom_group", "pending")
     assert {"endpoint", "kind", "status", "attempts", "error"} <= set(shown["deliveries"][0])
     code, out, _ = run("notice", "list", "--json")
-    assert json.loads(out)[0]["deliveries"] == {"pending": 2, "skipped": 2}
+    assert json.loads(out)[0]["deliveries"] == {"pending": 3, "skipped": 1}
 
 
 def test_add_without_a_broker_keeps_the_notice(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,8 +102,8 @@ def test_channel_no_targeted_village_has(registry: Registry) -> None:
 def test_unbuilt_channels_are_skipped_with_the_issue_named(registry: Registry) -> None:
     plan = plan_notice(_draft(), registry)
     skipped = {d.kind: d.skip_reason for d in plan.deliveries if d.skip_reason}
-    assert set(skipped) == {"wecom_group", "wechat_official_account"}
-    assert "#5" in skipped["wecom_group"].render("zh")  # type: ignore[union-attr]
+    assert set(skipped) == {"wechat_official_account"}
+    assert "#5" in skipped["wechat_official_account"].render("zh")  # type: ignore[union-attr]
 
 
 def test_body_too_long_for_every_selected_channel(registry: Registry, tiny_channels: None) -> None:

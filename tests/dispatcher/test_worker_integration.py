@@ -121,16 +121,20 @@ def test_notice_reaches_every_endpoint(broker: str, workers: Workers, home: Path
     )
     _wait(store, [nid], SETTLED, 60, workers)
     by_kind = {(d.endpoint_id, d.status) for d in store.deliveries(nid)}
-    # The TV feeds are published (sent, waiting for the platform to fetch); the channels of
-    # later issues are skipped with a reason, and nothing is left behind. (LED boards and
-    # loudspeakers need a broker and devices: test_led_integration.py.)
+    # The TV feeds are published (sent, waiting for the platform to fetch); the robot's key
+    # is not set here, so its delivery fails naming the variable; the channels of later
+    # issues are skipped with a reason, and nothing is left behind. (LED boards and
+    # loudspeakers need a broker and devices: test_led_integration.py; WeCom robots:
+    # test_wecom_integration.py.)
     assert by_kind == {
         ("east-liu-tv", "sent"),
         ("east-wang-tv", "sent"),
         ("west-zhao-tv", "sent"),
-        ("east-liu-wecom", "skipped"),
+        ("east-liu-wecom", "failed"),
         ("east-oa", "skipped"),
     }
+    (wecom,) = [d for d in store.deliveries(nid) if d.kind == "wecom_group"]
+    assert wecom.error_code == "config" and "VC_WECOM_EAST_LIU" in (wecom.error_zh or "")
     feed = (settings.feeds_dir / "west-zhao-tv.atom").read_text(encoding="utf-8")
     assert "村民代表会议通知" in feed
 

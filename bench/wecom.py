@@ -1,0 +1,249 @@
+"""WeCom webhook adapter vs a bare httpx POST loop of the same payloads, against the stand-in.
+
+    python bench/wecom.py [--quick] [--groups 200] [--runs 5] [--json FILE]
+
+The stand-in (refdevice/wecom_standin.py) runs in a separate process on loopback with its
+limit raised out of the way. For each run, in a fresh SQLite store:
+
+- adapter: ``WecomGroupChannel.deliver`` for one notice to N groups, one delivery after the
+  other in this process: render, split, the robot's send lock, the part ledger (a write
+  transaction per message plus one to finish), the POSTs, the errcode check. The shared
+  limiter is off (``wecom_rate_per_minute`` 0, the goal's condition) and, in a second row,
+  on (20 a minute: one rate-window transaction folded into each part's ledger write).
+- bare: one httpx.Client posting the very same JSON bodies (rendered beforehand) to the
+  same keys and reading each errcode. Measured before and after the adapter; the faster of
+  the two is the baseline (the ratio is conservative).
+
+Two notices: a short one (one markdown message) and a long one (three parts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.run import Row  # noqa: E402
+
+SENTENCE = "请各位村民于本周六上午九点到村委会参加村民代表会议，讨论今年惠农补贴的发放名单。"
+NOTICES = {
+    "1 part": SENTENCE * 3,
+    "3 parts": "".join(f"第{i:02d}条。{SENTENCE}" for i in range(70)),
+}
+
+
+def _serve(keys: list[str], port_out: Any, stop: Any) -> None:
+    from refdevice.wecom_standin import WecomStandin
+
+    with WecomStandin(rate=10**9, window=60.0) as standin:
+        for key in keys:
+            standin.add_key(key)
+        port_out.put(standin.base_url)
+        stop.wait()
+
+
+@contextmanager
+def _standin(keys: list[str]) -> Iterator[str]:
+    ctx = multiprocessing.get_context("spawn")
+    port_out, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_serve, args=(keys, port_out, stop), daemon=True)
+    proc.start()
+    try:
+        yield str(port_out.get(timeout=60))
+    finally:
+        stop.set()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+
+
+def _county(n: int) -> str:
+    lines = ["version: 1", "county: {code: '371521', name: 基准县}", "townships:"]
+    lines += ["  - id: t", "    name: 基准镇", "    villages:"]
+    for i in range(n):
+        lines += [
+            f"      - id: v{i:05d}",
+            f"        name: 村{i}",
+            "        endpoints:",
+            f"          - {{id: v{i:05d}-wecom, kind: wecom_group, "
+            f"webhook_key_env: VC_BENCH_WECOM_{i:05d}}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class _Bench:
+    def __init__(self, groups: int, base_url: str, keys: list[str], home: Path) -> None:
+        from content_queue.registry import load_registry
+        from content_queue.settings import get_settings, reset_settings
+        from dispatcher import service
+
+        self.groups = groups
+        self.base_url = base_url
+        self.keys = keys
+        devices = home / "devices.yaml"
+        devices.write_text(_county(groups), encoding="utf-8")
+        os.environ["VILLAGECAST_HOME"] = str(home)
+        os.environ["VILLAGECAST_DEVICES"] = str(devices)
+        os.environ["VILLAGECAST_WECOM_BASE_URL"] = base_url
+        for i, key in enumerate(keys):
+            os.environ[f"VC_BENCH_WECOM_{i:05d}"] = key
+        reset_settings()
+        self.settings = get_settings()
+        self.store = service.open_store(self.settings)
+        self.registry = load_registry(devices)
+
+    def contexts(self, body: str, *, limiter: bool) -> list[Any]:
+        from channels.base import DeliveryContext
+        from content_queue.models import build_notice
+        from content_queue.settings import get_settings, reset_settings
+        from content_queue.store import PlannedDelivery
+
+        os.environ["VILLAGECAST_WECOM_RATE_PER_MINUTE"] = "20" if limiter else "0"
+        reset_settings()
+        settings = get_settings()
+        draft = build_notice(
+            {
+                "title": "基准测试通知",
+                "body": body,
+                "category": "meeting",
+                "targets": {"county": True},
+            }
+        )
+        plans = [
+            PlannedDelivery(f"v{i:05d}-wecom", "wecom_group", f"v{i:05d}", "t")
+            for i in range(self.groups)
+        ]
+        notice, deliveries = self.store.add_notice(draft, plans)
+        return [
+            DeliveryContext(
+                delivery_id=d.id,
+                attempt=1,
+                notice=notice,
+                endpoint=self.registry.endpoints[d.endpoint_id],
+                village_id=d.village_id,
+                registry=self.registry,
+                settings=settings,
+                store=self.store,
+            )
+            for d in deliveries
+        ]
+
+    def adapter(self, body: str, *, limiter: bool) -> float:
+        from channels.wecom_group import WecomGroupChannel
+
+        channel = WecomGroupChannel()
+        contexts = self.contexts(body, limiter=limiter)
+        t0 = time.perf_counter()
+        for ctx in contexts:
+            channel.deliver(ctx)
+        return time.perf_counter() - t0
+
+    def bare(self, body: str) -> float:
+        import httpx
+
+        from channels._wecom_render import render_notice
+
+        contexts = self.contexts(body, limiter=False)
+        payloads = []
+        for ctx, key in zip(contexts, self.keys, strict=True):
+            for m in render_notice(ctx.notice, fmt="markdown", markdown_v2=False, village=None):
+                data = json.dumps(m.body(), ensure_ascii=False).encode("utf-8")
+                payloads.append((key, data))
+        url = f"{self.base_url}/cgi-bin/webhook/send"
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        with httpx.Client(timeout=10) as client:
+            t0 = time.perf_counter()
+            for key, data in payloads:
+                resp = client.post(url, params={"key": key}, content=data, headers=headers)
+                if resp.json()["errcode"] != 0:
+                    raise RuntimeError(resp.text)
+            return time.perf_counter() - t0
+
+
+def wecom_rows(
+    *, quick: bool = False, groups: int | None = None, runs: int | None = None
+) -> list[Row]:
+    groups = groups or (50 if quick else 200)
+    runs = runs or (3 if quick else 5)
+    keys = [f"{i:05d}{'0' * 31}"[:36] for i in range(groups)]
+    home = Path(tempfile.mkdtemp(prefix="vc-bench-wecom-"))
+    saved = dict(os.environ)
+    rows: list[Row] = []
+    try:
+        with _standin(keys) as base_url:
+            bench = _Bench(groups, base_url, keys, home)
+            bench.bare(NOTICES["1 part"])  # warm the stand-in, the store and the client
+            bench.adapter(NOTICES["1 part"], limiter=False)
+            for label, body in NOTICES.items():
+                ours, ours_lim, bare = [], [], []
+                for _ in range(runs):
+                    before = bench.bare(body)
+                    ours.append(bench.adapter(body, limiter=False))
+                    ours_lim.append(bench.adapter(body, limiter=True))
+                    bare.append(min(before, bench.bare(body)))
+                base = statistics.median(bare) * 1000 / groups
+                rows.append(
+                    Row(
+                        f"WeCom adapter, {groups} groups, {label}, limiter off (ms/group)",
+                        statistics.median(ours) * 1000 / groups,
+                        "ms",
+                        "bare httpx POST loop, same payloads",
+                        base,
+                        "<= 1.3x",
+                    )
+                )
+                rows.append(
+                    Row(
+                        "  same, limiter on (20/min) (ms/group)",
+                        statistics.median(ours_lim) * 1000 / groups,
+                        "ms",
+                        "bare httpx POST loop, same payloads",
+                        base,
+                        "(reported)",
+                    )
+                )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        from content_queue.settings import reset_settings
+
+        reset_settings()
+        shutil.rmtree(home, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--groups", type=int)
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = wecom_rows(quick=args.quick, groups=args.groups, runs=args.runs)
+    for r in rows:
+        print(
+            f"{r.what:<62} {r.value:8.2f} {r.unit}  {r.baseline:8.2f} {r.unit}  "
+            f"{r.ratio:5.2f}x  {r.goal}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ | {"ratio": r.ratio} for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,739 @@
+"""Village WeChat groups through WeCom group robots (企业微信群机器人), over the webhook API.
+
+Features
+    formats       ``markdown`` (default): title, category and priority in colour, publish time,
+                  bare addresses as links; ``text`` where the endpoint says ``format: text``;
+                  a notice's table as a ``markdown_v2`` table where the endpoint allows it
+                  (``markdown_v2: true``), otherwise as a CSV attachment (``upload_media``
+                  type ``file``, UTF-8 with BOM) sent after the text
+    byte limits   ``text.content`` 2,048 bytes, ``markdown(_v2).content`` 4,096 bytes (UTF-8):
+                  longer notices are split at sentence ends, each part marked (1/3) ... and
+                  sent in order; files 5 bytes to 20 MB; voice AMR, 2 MB, 60 s
+    voice         endpoints with ``voice: true`` also get the notice spoken (the loudspeakers'
+                  script and clip cache, AMR-NB clips of at most 60 s, channels/_audio.py),
+                  uploaded with ``type=voice`` and sent after the written parts
+    emergencies   ``text`` parts mention ``@all`` (``mentioned_list``); markdown cannot
+                  mention everyone (WeCom documents ``<@userid>`` only), so after the markdown
+                  parts a short ``text`` with ``mentioned_list: ["@all"]`` pings the group
+    rate          20 messages a minute per robot, for every worker on every machine
+                  (content_queue.shared_limits over ``rate_events``); uploads are not messages
+    ordering      one delivery at a time per robot: a send lock in ``kv_entries`` owned by the
+                  delivery, held while its parts go out and across its own reschedules, so
+                  parts of two notices never interleave in one group
+    acks          none: errcode 0 means WeCom posted it in the group, so the delivery ends
+                  ``delivered`` (nothing else would ever confirm it)
+    idempotency   ``send_parts``: an accepted part is never sent again; see "Unknown outcome"
+    recall        robots cannot delete: a withdrawal message ("此前发布的通知已撤回") names the
+                  notice and its time, through the same limiter, lock and ledger
+    config keys   devices.yaml ``kind: wecom_group``, ``webhook_key_env`` (the variable holding
+                  the key, never the key), ``format``, ``markdown_v2``, ``voice``; settings
+                  ``wecom_base_url`` (VILLAGECAST_WECOM_BASE_URL), ``wecom_rate_per_minute``,
+                  ``wecom_rate_window_seconds``, ``wecom_max_wait_seconds``,
+                  ``http_timeout_seconds``, ``tts_mode``
+
+Pacing: wait briefly, else reschedule
+    When a robot's window is full (or another delivery holds its lock), the worker sleeps if
+    room comes within ``wecom_max_wait_seconds`` (default 5 s, never more than a quarter of
+    the lease). Longer, it raises TransientError with ``retry_after`` = when room comes, so
+    the delivery goes back to ``pending`` with that due time. Waiting long would hold a
+    worker process (and its batch of 25 other groups) idle on one robot and put the lease at
+    risk; rescheduling every time would cost a delivery attempt and a doorbell for a slot that
+    frees in a second. A delivery needs room for all its remaining messages (up to the limit)
+    before its first part goes, so a notice normally arrives in one piece; if it is
+    interrupted after some parts, the lock stays with it until its retry is due.
+
+Unknown outcome (the policy)
+    A request that left and got no answer (read/write timeout, connection dropped, or a
+    worker killed between request and record) may or may not have been posted. Emergencies
+    are sent again (a duplicate warning is better than a missing one). Anything else is not:
+    the part is marked ``unknown`` and the delivery fails with code ``unknown_outcome`` and a
+    Chinese explanation, so township staff look in the group and resend by hand if needed.
+    A request that never left (connection refused, pool timeout) is simply retried.
+
+Errors (one table, :data:`ERRCODES`; every response's ``errcode`` is read, HTTP 200 or not)
+    TransientError  -1 busy, 45009 frequency limit, 45033 concurrency limit, 40007 media id
+                    expired (uploaded again), HTTP 5xx / 429, timeouts, connection errors,
+                    an answer that is not WeCom's JSON
+    PermanentError  93000 invalid key (the group owner must add the robot again and the key be
+                    updated), 40058 invalid parameter (e.g. content too long), 40008, 44004,
+                    40004/40005/40006/44001 attachments, other HTTP 4xx (wrong base URL or
+                    proxy), unknown codes (shown with WeCom's errmsg), ``unknown_outcome``
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+from sqlalchemy.orm import Session
+
+from channels._wecom_render import (
+    MARKDOWN_MAX_BYTES,
+    Message,
+    Upload,
+    render_notice,
+    render_withdrawal,
+)
+from channels.base import (
+    Channel,
+    ChannelError,
+    ChannelLimits,
+    ContentError,
+    DeliveryContext,
+    PermanentError,
+    SendResult,
+    TransientError,
+    secret_from_env,
+)
+from content_queue.errors import ConfigError
+from content_queue.i18n import Text, tr
+from content_queue.part_ledger import PartStatus, mark_finished_in, mark_sending_in, parts_of
+from content_queue.registry import EndpointKind, WecomGroupEndpoint
+from content_queue.settings import Settings
+from content_queue.shared_limits import RateLimiter, acquire_lock_in, release_lock_in
+
+__all__ = ["ERRCODES", "WecomGroupChannel", "explain_errcode", "robot_id"]
+
+SEND_PATH = "/cgi-bin/webhook/send"
+UPLOAD_PATH = "/cgi-bin/webhook/upload_media"
+
+Kind = Literal["transient", "permanent"]
+
+ERRCODES: dict[int, tuple[Kind, Text]] = {
+    -1: ("transient", tr("企业微信系统繁忙，稍后重试", "WeCom is busy; will retry")),
+    45009: (
+        "transient",
+        tr(
+            "机器人发送太频繁（每分钟最多 20 条），稍后重试",
+            "the robot sent too often (20 a minute at most); will retry",
+        ),
+    ),
+    45033: ("transient", tr("企业微信并发调用超限，稍后重试", "too many concurrent calls")),
+    40007: (
+        "transient",
+        tr(
+            "附件的 media_id 无效或已过期（3 天），将重新上传",
+            "the attachment's media_id is invalid or expired (3 days); it will be uploaded again",
+        ),
+    ),
+    93000: (
+        "permanent",
+        tr(
+            "机器人的 webhook 密钥无效（机器人可能已被移出群或删除）："
+            "请群主重新添加机器人并更新密钥（环境变量 {env}）",
+            "the robot's webhook key is invalid (the robot was removed or deleted): ask the "
+            "group owner to add the robot again and update the key (environment variable {env})",
+        ),
+    ),
+    40058: (
+        "permanent",
+        tr(
+            "企业微信认为请求参数不合法（如内容超长或缺少字段）：{msg}",
+            "WeCom says a parameter is invalid (content too long or a field missing): {msg}",
+        ),
+    ),
+    40008: ("permanent", tr("企业微信不支持这种消息类型", "WeCom does not take this message type")),
+    44004: ("permanent", tr("消息内容为空", "the message content is empty")),
+    40004: ("permanent", tr("附件的文件类型不被企业微信接受", "WeCom refused the file type")),
+    40005: ("permanent", tr("附件的上传类型不合法", "invalid upload type")),
+    40006: (
+        "permanent",
+        tr(
+            "附件大小不合法（文件 5 字节到 20 MB，语音不超过 2 MB）",
+            "invalid attachment size (files 5 bytes to 20 MB, voice 2 MB at most)",
+        ),
+    ),
+    44001: ("permanent", tr("上传的附件为空", "the uploaded file is empty")),
+}
+"""errcode -> transient or permanent, with the reason shown to the township. Any other
+non-zero code is permanent and shows WeCom's errmsg (see :func:`explain_errcode`)."""
+
+
+def explain_errcode(code: int, errmsg: str, *, env: str) -> ChannelError:
+    """The typed error for a WeCom errcode; ``env`` names the key's variable (never the key)."""
+    msg = errmsg[:200]
+    kind, text = ERRCODES.get(
+        code,
+        (
+            "permanent",
+            tr(
+                "企业微信返回错误码 {code}：{msg}",
+                "WeCom answered with error code {code}: {msg}",
+            ),
+        ),
+    )
+    text = Text(text.zh, text.en, {"env": env, "msg": msg, "code": code})
+    if kind == "transient":
+        return TransientError(text, code=str(code))
+    return PermanentError(text, code=str(code))
+
+
+def robot_id(key: str) -> str:
+    """A name for a robot that is safe to store and log: two endpoints sharing a key are one
+    robot (one budget, one lock)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:20]
+
+
+class _PartFailed(Exception):
+    """A part did not go through: ``status`` says whether it may have been posted."""
+
+    def __init__(self, error: ChannelError, status: PartStatus) -> None:
+        super().__init__(error.code)
+        self.error = error
+        self.status = status
+
+
+@dataclass
+class _Job:
+    ctx: DeliveryContext
+    key: str
+    env: str
+    robot: str
+    messages: list[Message]
+    resend_unknown: bool
+
+    @property
+    def owner(self) -> str:
+        return f"delivery:{self.ctx.delivery_id}"
+
+    @property
+    def lock_key(self) -> str:
+        return f"wecom:lock:{self.robot}"
+
+    @property
+    def rate_key(self) -> str:
+        return f"wecom:{self.robot}"
+
+
+_CLIENTS: dict[int, httpx.Client] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_clients() -> None:
+    with _CLIENTS_LOCK:
+        for client in _CLIENTS.values():
+            client.close()
+        _CLIENTS.clear()
+
+
+def _shared_client() -> httpx.Client:
+    """One keep-alive client per process (never across a fork: Celery's prefork pool).
+    Timeouts are given per request, from the settings of the moment."""
+    pid = os.getpid()
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(pid)
+        if client is None:
+            _CLIENTS.clear()
+            client = _CLIENTS[pid] = httpx.Client(headers={"User-Agent": "villagecast-wecom/1"})
+        return client
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _unknown_outcome(label: str, total: int) -> PermanentError:
+    return PermanentError(
+        tr(
+            "第 {part} 条消息（共 {total} 条）发出后没有收到企业微信的答复，"
+            "无法确认群里是否已收到。为避免重复刷屏，非紧急通知不自动重发：请到村微信群查看，缺少时手动补发",
+            "message {part} of {total} got no answer from WeCom, so whether the group received "
+            "it is unknown. Non-emergency notices are not sent again automatically (to avoid "
+            "duplicates): check the village group and resend by hand if it is missing",
+            part=label,
+            total=total,
+        ),
+        code="unknown_outcome",
+    )
+
+
+def _accepted(
+    delivery_id: int, key: str, seq: int, ref: str | None
+) -> Callable[[Session, datetime], None]:
+    """The ledger write for an accepted part, done in the next transaction (the one that
+    reserves the next part's slot or gives the lock up), to save a commit per message."""
+
+    def write(s: Session, now: datetime) -> None:
+        mark_finished_in(
+            s,
+            delivery_id=delivery_id,
+            part_key=key,
+            status="accepted",
+            now=now,
+            seq=seq,
+            external_ref=ref,
+        )
+
+    return write
+
+
+class WecomGroupChannel(Channel):
+    kind: ClassVar[EndpointKind] = "wecom_group"
+    limits: ClassVar[ChannelLimits] = ChannelLimits(
+        max_title_chars=80,
+        max_body_bytes=MARKDOWN_MAX_BYTES,
+        splits=True,
+        rate_per_minute=20,
+        supports_table=True,
+        confirms="none",
+        formats=("markdown", "text", "markdown_v2", "file", "voice"),
+    )
+
+    def __init__(
+        self,
+        client: httpx.Client | None = None,
+        *,
+        synthesizer: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client
+        self._synthesizer = synthesizer
+        self._sleep = sleep
+
+    # -- the hooks -------------------------------------------------------------------------
+
+    def send(self, ctx: DeliveryContext) -> SendResult:
+        endpoint = self._endpoint(ctx)
+        village = ctx.registry.village_name(ctx.village_id) if ctx.village_id else None
+        messages = render_notice(
+            ctx.notice, fmt=endpoint.format, markdown_v2=endpoint.markdown_v2, village=village
+        )
+        details: dict[str, Any] = {}
+        if endpoint.voice:
+            voice_messages, details = self._voice(ctx)
+            messages += voice_messages
+        job = self._job(ctx, endpoint, messages)
+        sent = self._run(job)
+        details.update(self._details(job, sent))
+        return SendResult("delivered", external_ref=f"wecom:{job.robot}", details=details)
+
+    def recall(self, ctx: DeliveryContext) -> SendResult:
+        endpoint = self._endpoint(ctx)
+        if ctx.recall_of is not None:
+            original = parts_of(ctx.store, ctx.recall_of)
+            if not any(p.status in ("accepted", "unknown", "sending") for p in original.values()):
+                # Nothing of it can be in the group: saying "withdrawn" would only confuse.
+                return SendResult("delivered", details={"recall": "nothing_reached_the_group"})
+        village = ctx.registry.village_name(ctx.village_id) if ctx.village_id else None
+        messages = render_withdrawal(ctx.notice, fmt=endpoint.format, village=village)
+        job = self._job(ctx, endpoint, messages)
+        sent = self._run(job)
+        details = {"recall": "withdrawal_message", **self._details(job, sent)}
+        return SendResult("delivered", external_ref=f"wecom:{job.robot}", details=details)
+
+    # -- preparing -------------------------------------------------------------------------
+
+    def _endpoint(self, ctx: DeliveryContext) -> WecomGroupEndpoint:
+        if not isinstance(ctx.endpoint, WecomGroupEndpoint):
+            raise ConfigError(tr("端点不是企业微信群机器人", "the endpoint is not a WeCom robot"))
+        return ctx.endpoint
+
+    def _job(
+        self, ctx: DeliveryContext, endpoint: WecomGroupEndpoint, messages: list[Message]
+    ) -> _Job:
+        key = secret_from_env(endpoint.webhook_key_env, endpoint_id=endpoint.id)
+        return _Job(
+            ctx=ctx,
+            key=key,
+            env=endpoint.webhook_key_env,
+            robot=robot_id(key),
+            messages=messages,
+            resend_unknown=ctx.notice.priority == "emergency",
+        )
+
+    def _voice(self, ctx: DeliveryContext) -> tuple[list[Message], dict[str, Any]]:
+        """The notice spoken as AMR clips (synthesized once per script for every village)."""
+        from channels._audio import ClipCache, synthesize_clip
+        from channels.speaker import script_for, voice_for
+        from channels.tts import Synthesizer
+
+        if self._synthesizer is None:
+            self._synthesizer = Synthesizer(mode=ctx.settings.tts_mode)
+        try:
+            clips, synthesis, hit = synthesize_clip(
+                ClipCache.for_settings(ctx.settings),
+                self._synthesizer,
+                script=script_for(ctx.notice),
+                voice=voice_for(ctx.registry, ctx.village_id),
+                fmt="amr",
+            )
+        except ContentError as exc:
+            # The written notice still goes; the delivery says why it was not spoken.
+            return [], {"voice": "skipped", "voice_reason": exc.text.render("zh")}
+        messages = [
+            Message(
+                f"voice:{i}",
+                "voice",
+                upload=Upload("voice", f"notice-{ctx.notice.id}-{i}.amr", clip.path.read_bytes()),
+            )
+            for i, clip in enumerate(clips, 1)
+        ]
+        details = {
+            "voice_clips": [c.sha256 for c in clips],
+            "voice_seconds": round(sum(c.duration_s for c in clips), 1),
+            "engine": synthesis.engine if synthesis else "cached",
+            "cache_hit": hit,
+        }
+        return messages, details
+
+    @staticmethod
+    def _details(job: _Job, sent: int) -> dict[str, Any]:
+        kinds = [m.msgtype for m in job.messages]
+        return {
+            "robot": job.robot,
+            "messages": len(job.messages),
+            "sent_now": sent,
+            "parts": sum(m.key.startswith("part:") for m in job.messages),
+            "format": next((k for k in kinds if k != "text"), "text"),
+            "attachment": any(m.msgtype == "file" for m in job.messages),
+            "mention_all": any("@all" in m.payload.get("mentioned_list", []) for m in job.messages),
+        }
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _run(self, job: _Job) -> int:
+        """Send what the ledger has not seen accepted, in order; returns how many went now."""
+        ctx, settings, store = job.ctx, job.ctx.settings, job.ctx.store
+        done = parts_of(store, ctx.delivery_id)
+        pending = [
+            (seq, m)
+            for seq, m in enumerate(job.messages, 1)
+            if m.key not in done or done[m.key].status != "accepted"
+        ]
+        if not pending:
+            self._transact(
+                job, [], lambda s, now: release_lock_in(s, job.lock_key, owner=job.owner, now=now)
+            )
+            return 0
+        doubtful = [
+            m for _, m in pending if m.key in done and done[m.key].status in ("sending", "unknown")
+        ]
+        if doubtful and not job.resend_unknown:
+            first = doubtful[0]
+            seq = next(i for i, m in pending if m is first)
+
+            def give_up(s: Session, now: datetime) -> None:
+                for m in doubtful:
+                    mark_finished_in(
+                        s,
+                        delivery_id=ctx.delivery_id,
+                        part_key=m.key,
+                        status="unknown",
+                        now=now,
+                        error_code=done[m.key].error_code or "worker_lost",
+                    )
+                release_lock_in(s, job.lock_key, owner=job.owner, now=now)
+
+            self._transact(job, [], give_up)
+            raise _unknown_outcome(str(seq), len(job.messages))
+
+        limiter = RateLimiter(settings.wecom_rate_per_minute, settings.wecom_rate_window_seconds)
+        budget = min(settings.wecom_max_wait_seconds, settings.lease_seconds / 4)
+        deadline = time.monotonic() + budget
+        started_any = any(p.status == "accepted" for p in done.values())
+        later: list[Callable[[Session, datetime], object]] = []
+        sent = 0
+        for index, (seq, message) in enumerate(pending):
+            media_id: str | None = None
+            try:
+                if message.upload is not None:
+                    media_id = self._upload(job, message.upload)
+                # Room for everything that is left (up to the limit) before the first part.
+                need = len(pending) - index if index == 0 else 1
+                self._reserve(
+                    job, limiter, later, seq=seq, key=message.key, need=need, deadline=deadline
+                )
+                ref = self._post_message(job, message.body(media_id))
+            except _PartFailed as failed:
+                self._fail(job, later, message, seq, failed, keep_lock=started_any)
+                raise failed.error from failed.__cause__
+            except ChannelError:
+                self._transact(job, later, self._releaser(job, keep=started_any))
+                raise
+            except BaseException:
+                self._transact(job, later, self._releaser(job, keep=False))
+                raise
+            started_any = True
+            sent += 1
+            later.append(_accepted(ctx.delivery_id, message.key, seq, ref))
+        self._transact(
+            job, later, lambda s, now: release_lock_in(s, job.lock_key, owner=job.owner, now=now)
+        )
+        return sent
+
+    def _transact(
+        self,
+        job: _Job,
+        later: list[Callable[[Session, datetime], object]],
+        action: Callable[[Session, datetime], Any],
+    ) -> Any:
+        """One write transaction: the writes left from the last part, then ``action``."""
+        with job.ctx.store.session() as s:
+            now = _now()
+            for write in later:
+                write(s, now)
+            later.clear()
+            return action(s, now)
+
+    def _releaser(self, job: _Job, *, keep: bool) -> Callable[[Session, datetime], object]:
+        """Give the robot's lock up, or (parts of this delivery are already in the group)
+        keep it until this delivery's retry must have come, so nothing interleaves."""
+        settings = job.ctx.settings
+
+        def act(s: Session, now: datetime) -> object:
+            if not keep:
+                return release_lock_in(s, job.lock_key, owner=job.owner, now=now)
+            # The dispatcher's backoff for the next attempt is at most this (its jitter only
+            # shortens it), plus a lease for the retry itself.
+            backoff = settings.retry_base_seconds * 2.0 ** max(0, job.ctx.attempt - 1)
+            hold = min(settings.retry_cap_seconds, max(backoff, settings.wecom_rate_window_seconds))
+            return acquire_lock_in(
+                s, job.lock_key, owner=job.owner, ttl=hold + settings.lease_seconds, now=now
+            )
+
+        return act
+
+    def _reserve(
+        self,
+        job: _Job,
+        limiter: RateLimiter,
+        later: list[Callable[[Session, datetime], object]],
+        *,
+        seq: int,
+        key: str,
+        need: int,
+        deadline: float,
+    ) -> None:
+        """Hold the robot's lock, take a rate slot and mark the part ``sending``, in one
+        transaction; wait briefly or raise TransientError (see "Pacing" above)."""
+        ctx = job.ctx
+        lease = ctx.settings.lease_seconds
+
+        def attempt(s: Session, now: datetime) -> tuple[str, float]:
+            wait = acquire_lock_in(s, job.lock_key, owner=job.owner, ttl=lease, now=now)
+            if wait:
+                return "busy", wait
+            wait = limiter.acquire_in(s, job.rate_key, now=now, need=need)
+            if wait:
+                return "rate", wait
+            mark_sending_in(s, delivery_id=ctx.delivery_id, part_key=key, seq=seq, now=now)
+            return "ok", 0.0
+
+        while True:
+            why, wait = self._transact(job, later, attempt)
+            if why == "ok":
+                return
+            if time.monotonic() + wait <= deadline:
+                self._sleep(wait)
+                continue
+            if why == "busy":
+                raise TransientError(
+                    tr(
+                        "这个群正在发送另一条通知，稍后接着发送",
+                        "another notice is being sent to this group; this one follows",
+                    ),
+                    code="wecom_busy",
+                    retry_after=wait,
+                )
+            raise TransientError(
+                tr(
+                    "机器人本分钟的发送额度（{n} 条）已用完，{s} 秒后继续",
+                    "the robot's {n} messages for this minute are used; continuing in {s} s",
+                    n=limiter.limit,
+                    s=round(wait, 1),
+                ),
+                code="rate_limited",
+                retry_after=wait,
+            )
+
+    def _fail(
+        self,
+        job: _Job,
+        later: list[Callable[[Session, datetime], object]],
+        message: Message,
+        seq: int,
+        failed: _PartFailed,
+        *,
+        keep_lock: bool,
+    ) -> None:
+        ctx = job.ctx
+        unknown = failed.status == "unknown"
+        if unknown and not job.resend_unknown:
+            failed.error = _unknown_outcome(str(seq), len(job.messages))
+        final = isinstance(failed.error, PermanentError | ContentError)
+        release = self._releaser(job, keep=keep_lock and not final)
+
+        def act(s: Session, now: datetime) -> None:
+            mark_finished_in(
+                s,
+                delivery_id=ctx.delivery_id,
+                part_key=message.key,
+                status=failed.status,
+                now=now,
+                seq=seq,
+                error_code=(failed.error.code or "error")[:64],
+            )
+            release(s, now)
+
+        self._transact(job, later, act)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _http(self, settings: Settings) -> httpx.Client:
+        return self._client if self._client is not None else _shared_client()
+
+    def _url(self, settings: Settings, path: str) -> str:
+        return settings.wecom_base_url.rstrip("/") + path
+
+    def _post_message(self, job: _Job, body: dict[str, Any]) -> str | None:
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        answer = self._call(
+            job,
+            SEND_PATH,
+            params={"key": job.key},
+            content=content,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+            sends_message=True,
+        )
+        return str(answer["msgid"]) if answer.get("msgid") else None
+
+    def _upload(self, job: _Job, upload: Upload) -> str:
+        answer = self._call(
+            job,
+            UPLOAD_PATH,
+            params={"key": job.key, "type": upload.media_type},
+            files={"media": (upload.filename, upload.data, "application/octet-stream")},
+            sends_message=False,
+        )
+        media_id = answer.get("media_id")
+        if not isinstance(media_id, str) or not media_id:
+            raise _PartFailed(
+                TransientError(
+                    tr("企业微信上传附件后没有返回 media_id", "WeCom returned no media_id"),
+                    code="protocol",
+                ),
+                "failed",
+            )
+        return media_id
+
+    def _call(
+        self,
+        job: _Job,
+        path: str,
+        *,
+        params: dict[str, str],
+        sends_message: bool,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+    ) -> dict[str, Any]:
+        """One request; every failure becomes a _PartFailed saying whether it may have
+        been posted. Messages never contain the URL: the key is in its query."""
+        settings = job.ctx.settings
+        # An upload that may have happened posts nothing: it is never an unknown outcome.
+        maybe: PartStatus = "unknown" if sends_message else "failed"
+        try:
+            resp = self._http(settings).post(
+                self._url(settings, path),
+                params=params,
+                content=content,
+                headers=headers,
+                files=files,
+                timeout=settings.http_timeout_seconds,
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _PartFailed(
+                TransientError(
+                    tr(
+                        "无法连接企业微信（{e}），请检查网络或 VILLAGECAST_WECOM_BASE_URL",
+                        "cannot reach WeCom ({e}); check the network or VILLAGECAST_WECOM_BASE_URL",
+                        e=type(exc).__name__,
+                    ),
+                    code="connect",
+                ),
+                "failed",
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise _PartFailed(
+                TransientError(
+                    tr(
+                        "企业微信在 {s} 秒内没有答复",
+                        "WeCom did not answer within {s} s",
+                        s=settings.http_timeout_seconds,
+                    ),
+                    code="timeout",
+                ),
+                maybe,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise _PartFailed(
+                TransientError(
+                    tr(
+                        "与企业微信的连接中断（{e}）",
+                        "the connection to WeCom broke ({e})",
+                        e=type(exc).__name__,
+                    ),
+                    code="network",
+                ),
+                maybe,
+            ) from exc
+        if resp.status_code >= 500 or resp.status_code == 429:
+            retry_after = None
+            with contextlib.suppress(ValueError):
+                retry_after = float(resp.headers.get("Retry-After", ""))
+            raise _PartFailed(
+                TransientError(
+                    tr(
+                        "企业微信暂时不可用（HTTP {s}）",
+                        "WeCom is unavailable (HTTP {s})",
+                        s=resp.status_code,
+                    ),
+                    code=f"http_{resp.status_code}",
+                    retry_after=retry_after,
+                ),
+                "failed",
+            )
+        if resp.status_code != 200:
+            raise _PartFailed(
+                PermanentError(
+                    tr(
+                        "企业微信地址答复 HTTP {s}：请检查 VILLAGECAST_WECOM_BASE_URL（或代理）",
+                        "the WeCom address answered HTTP {s}: check VILLAGECAST_WECOM_BASE_URL "
+                        "(or the proxy)",
+                        s=resp.status_code,
+                    ),
+                    code=f"http_{resp.status_code}",
+                ),
+                "failed",
+            )
+        try:
+            answer = resp.json()
+            code = int(answer["errcode"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _PartFailed(
+                TransientError(
+                    tr(
+                        "企业微信的答复无法识别（不是 JSON 或缺少 errcode）",
+                        "WeCom's answer is not JSON with an errcode",
+                    ),
+                    code="protocol",
+                ),
+                maybe,
+            ) from exc
+        if code != 0:
+            error = explain_errcode(code, str(answer.get("errmsg", "")), env=job.env)
+            if code == 45009 and isinstance(error, TransientError):
+                error.retry_after = settings.wecom_rate_window_seconds
+            raise _PartFailed(error, "failed")
+        return dict(answer)
