@@ -214,7 +214,9 @@ def test_unknown_key(tmp_path: Path) -> None:
     )
     problem, zh, en = only(path)
     assert (problem.line, problem.column) == (9, 9)
-    assert "unknown key 'endpionts'; allowed keys: id, name, code, quiet_hours, voice, endpoints" in en
+    assert (
+        "unknown key 'endpionts'; allowed keys: id, name, code, quiet_hours, voice, endpoints" in en
+    )
     assert "did you mean 'endpoints'?" in en
     assert "未知的键 'endpionts'，允许的键：id, name" in zh
 
