@@ -23,6 +23,7 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 from content_queue.errors import ConfigError, VillagecastError
@@ -91,12 +92,17 @@ class ChannelLimits:
 
 @dataclass(frozen=True)
 class SendResult:
-    """What the far side did: took it (``sent``) or confirmed it (``delivered``)."""
+    """What the far side did: took it (``sent``) or confirmed it (``delivered``); or, for
+    ``held``, nothing went out yet and the channel wants the delivery back at ``hold_until``
+    (a quota window, a daily digest). A hold is not an attempt: the delivery waits
+    ``scheduled`` with ``hold_reason`` shown, and keeps its attempt budget."""
 
-    status: Literal["sent", "delivered"]
+    status: Literal["sent", "delivered", "held"]
     external_ref: str | None = None
     details: dict[str, Any] | None = None
     """Facts worth keeping on the delivery (e.g. which speech engine spoke)."""
+    hold_until: datetime | None = None
+    hold_reason: Text | None = None
 
 
 @dataclass(frozen=True)
