@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     ack_timeout_seconds: float = Field(default=180.0, gt=0)
     """An online device that has not acked a command this long gets it again."""
 
+    # WeChat official accounts (issue #5).
+    wechat_base_url: str = Field(
+        default="https://api.weixin.qq.com", pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+    )
+    """Where every official-account API call goes, the token included: the real host, a
+    government proxy, or the test stand-in. ``/cgi-bin/...`` is appended."""
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
