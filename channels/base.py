@@ -239,16 +239,13 @@ PLANNED_CHANNELS: dict[str, Text] = {
         "企业微信群机器人渠道尚未上线（计划中：#5）",
         "the WeCom group robot channel is not built yet (issue #5)",
     ),
-    "wechat_official_account": tr(
-        "公众号渠道尚未上线（计划中：#5）",
-        "the official account channel is not built yet (issue #5)",
-    ),
 }
 
 _BUILTIN: dict[str, str] = {
     "tv_feed": "channels.tv_feed:TvFeedChannel",
     "led": "channels.led:LedChannel",
     "speaker": "channels.speaker:SpeakerChannel",
+    "wechat_official_account": "channels.wechat_official_account:OfficialAccountChannel",
 }
 _registered: dict[str, type[Channel]] = {}
 _instances: dict[str, Channel] = {}

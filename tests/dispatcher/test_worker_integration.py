@@ -123,14 +123,18 @@ def test_notice_reaches_every_endpoint(broker: str, workers: Workers, home: Path
     by_kind = {(d.endpoint_id, d.status) for d in store.deliveries(nid)}
     # The TV feeds are published (sent, waiting for the platform to fetch); the channels of
     # later issues are skipped with a reason, and nothing is left behind. (LED boards and
-    # loudspeakers need a broker and devices: test_led_integration.py.)
+    # loudspeakers need a broker and devices: test_led_integration.py; the official account
+    # has no WeChat here, so it fails naming its missing secret: a real worker publishing
+    # through a WeChat stand-in is in tests/channels/test_wechat_official_account.py.)
     assert by_kind == {
         ("east-liu-tv", "sent"),
         ("east-wang-tv", "sent"),
         ("west-zhao-tv", "sent"),
         ("east-liu-wecom", "skipped"),
-        ("east-oa", "skipped"),
+        ("east-oa", "failed"),
     }
+    (account,) = [d for d in store.deliveries(nid) if d.endpoint_id == "east-oa"]
+    assert account.error_code == "config" and "VC_WECHAT_EAST_SECRET" in (account.error_zh or "")
     feed = (settings.feeds_dir / "west-zhao-tv.atom").read_text(encoding="utf-8")
     assert "村民代表会议通知" in feed
 
