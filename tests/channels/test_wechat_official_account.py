@@ -717,7 +717,14 @@ def _channel() -> OfficialAccountChannel:
     return channel
 
 
-def test_recall_deletes_the_published_article(env: Env) -> None:
+def _withdraw(env: Env, d: DeliveryView, *, now: datetime | None = None) -> int:
+    """Withdraw the notice the dispatcher's way; returns the recall delivery's id."""
+    withdrawal = env.store.withdraw(d.notice_id, actor="test", now=now)
+    (recall,) = [r for r in withdrawal.recalls if r.recall_of == d.id]
+    return recall.id
+
+
+def test_withdrawal_deletes_the_published_article(env: Env) -> None:
     d = env.submit()
     env.process(d.id)
     env.poll()
@@ -725,9 +732,9 @@ def test_recall_deletes_the_published_article(env: Env) -> None:
     published = env.delivery(d.id)
     assert published.status == "delivered" and published.details
     article_id = published.details["article_id"]
-    result = _channel().take_back(_recall_ctx(env, published))
-    assert result.status == "delivered"
-    assert result.details == {
+    recall = _withdraw(env, published)
+    assert env.process(recall) == {recall: "delivered"}
+    assert env.delivery(recall).details == {
         "recall": {"action": "freepublish/delete", "article_id": article_id, "already_gone": False}
     }
     (delete,) = env.standin.calls("freepublish/delete")
@@ -738,15 +745,17 @@ def test_recall_deletes_the_published_article(env: Env) -> None:
     assert again.details and again.details["recall"]["already_gone"] is True
 
 
-def test_recall_of_an_article_still_publishing_waits(env: Env) -> None:
+def test_withdrawal_of_an_article_still_publishing_waits_for_it(env: Env) -> None:
     env.standin.publish_script = [1, 0]
     d = env.submit()
     env.process(d.id)
-    with pytest.raises(TransientError) as err:
-        _channel().take_back(_recall_ctx(env, env.delivery(d.id)))
-    assert err.value.code == "publishing"
-    result = _channel().take_back(_recall_ctx(env, env.delivery(d.id)))
-    assert result.details and result.details["recall"]["action"] == "freepublish/delete"
+    recall = _withdraw(env, env.delivery(d.id))
+    assert env.process(recall) == {recall: "pending"}
+    assert env.delivery(recall).error_code == "publishing"
+    _due_now(env, recall)
+    assert env.process(recall) == {recall: "delivered"}
+    recorded = env.delivery(recall).details
+    assert recorded and recorded["recall"]["action"] == "freepublish/delete"
 
 
 def test_recall_deletes_a_draft_never_published(env: Env) -> None:
@@ -761,7 +770,7 @@ def test_recall_deletes_a_draft_never_published(env: Env) -> None:
     assert env.standin.drafts == {}
 
 
-def test_recall_deletes_only_this_notice_from_a_digest(env: Env, clock: Clock) -> None:
+def test_withdrawal_deletes_only_this_notice_from_a_digest(env: Env, clock: Clock) -> None:
     north = {"channels": ["wechat_official_account"]}
     a = env.submit(now=clock.now, title="甲通知", targets={"villages": ["n1"]}, **north)
     b = env.submit(now=clock.now, title="乙通知", targets={"villages": ["n1"]}, **north)
@@ -770,12 +779,30 @@ def test_recall_deletes_only_this_notice_from_a_digest(env: Env, clock: Clock) -
     assert run_at(env, when, a.id, b.id) == {a.id: "sent", b.id: "sent"}
     (send,) = env.standin.calls("message/mass/sendall")
     assert send.body["filter"] == {"tag_id": 101, "is_to_all": False}  # both for n1
-    result = _channel().take_back(_recall_ctx(env, env.delivery(b.id)))
+    recall = _withdraw(env, env.delivery(b.id), now=when)
+    assert run_at(env, when, recall) == {recall: "delivered"}
     (delete,) = env.standin.calls("message/mass/delete")
     (msg_id,) = env.standin.mass
     assert delete.body == {"msg_id": msg_id, "article_idx": 2}
-    assert result.details and result.details["recall"]["action"] == "message/mass/delete"
+    recorded = env.delivery(recall).details
+    assert recorded and recorded["recall"]["action"] == "message/mass/delete"
     assert env.standin.mass[msg_id].deleted_idx == [2]
+
+
+def test_withdrawing_a_held_notice_sends_nothing(env: Env, clock: Clock) -> None:
+    a = env.submit(
+        now=clock.now,
+        title="待汇总的通知",
+        targets={"villages": ["n1"]},
+        channels=["wechat_official_account"],
+    )
+    assert run_at(env, clock.now, a.id) == {a.id: "scheduled"}
+    withdrawal = env.store.withdraw(a.notice_id, actor="test", now=clock.now)
+    assert withdrawal.cancelled == 1 and withdrawal.recalls == []
+    when = _at(clock, 10, 18, 0, 5)
+    assert run_at(env, when, a.id) == {}
+    assert env.delivery(a.id).status == "cancelled"
+    assert env.standin.count("message/mass/sendall") == 0
 
 
 # -- end to end ------------------------------------------------------------------------------
