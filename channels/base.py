@@ -23,6 +23,7 @@ import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
 from content_queue.errors import ConfigError, VillagecastError
@@ -91,12 +92,17 @@ class ChannelLimits:
 
 @dataclass(frozen=True)
 class SendResult:
-    """What the far side did: took it (``sent``) or confirmed it (``delivered``)."""
+    """What the far side did: took it (``sent``) or confirmed it (``delivered``); or, for
+    ``held``, nothing went out yet and the channel wants the delivery back at ``hold_until``
+    (a quota window, a daily digest). A hold is not an attempt: the delivery waits
+    ``scheduled`` with ``hold_reason`` shown, and keeps its attempt budget."""
 
-    status: Literal["sent", "delivered"]
+    status: Literal["sent", "delivered", "held"]
     external_ref: str | None = None
     details: dict[str, Any] | None = None
     """Facts worth keeping on the delivery (e.g. which speech engine spoke)."""
+    hold_until: datetime | None = None
+    hold_reason: Text | None = None
 
 
 @dataclass(frozen=True)
@@ -228,18 +234,14 @@ def secret_from_env(name: str, *, endpoint_id: str) -> str:
 
 
 # Kinds whose channel lands in a later issue: deliveries to them end 'skipped' until then.
-PLANNED_CHANNELS: dict[str, Text] = {
-    "wechat_official_account": tr(
-        "公众号渠道尚未上线（计划中：#5）",
-        "the official account channel is not built yet (issue #5)",
-    ),
-}
+PLANNED_CHANNELS: dict[str, Text] = {}
 
 _BUILTIN: dict[str, str] = {
     "tv_feed": "channels.tv_feed:TvFeedChannel",
     "led": "channels.led:LedChannel",
     "speaker": "channels.speaker:SpeakerChannel",
     "wecom_group": "channels.wecom_group:WecomGroupChannel",
+    "wechat_official_account": "channels.wechat_official_account:OfficialAccountChannel",
 }
 _registered: dict[str, type[Channel]] = {}
 _instances: dict[str, Channel] = {}

@@ -387,6 +387,52 @@ class _Checker:
                                 known=", ".join(list(known)[:12]) + (", …" * (len(known) > 12)),
                             ),
                         )
+            self.check_village_tags(top, account, oloc)
+
+    def check_village_tags(self, top: dict[str, Any], account: dict[str, Any], oloc: Loc) -> None:
+        """A tagged account tags every village it covers, and only those: a mass send to a
+        village without a tag would have to go to all followers."""
+        tags = account.get("village_tags")
+        if not isinstance(tags, dict) or not tags:
+            return
+        covered: list[str] = []
+        wanted_townships = account.get("covers_townships")
+        wanted_villages = account.get("covers_villages")
+        for _, township in _dicts(top.get("townships")):
+            in_township = isinstance(wanted_townships, list) and township.get("id") in (
+                wanted_townships
+            )
+            for _, village in _dicts(township.get("villages")):
+                vid = village.get("id")
+                if isinstance(vid, str) and (
+                    in_township or (isinstance(wanted_villages, list) and vid in wanted_villages)
+                ):
+                    covered.append(vid)
+        for vid in tags:
+            if vid not in covered:
+                self.add(
+                    self.where((*oloc, "village_tags", vid), key=True),
+                    tr(
+                        "village_tags 里的村 '{v}' 不在这个公众号覆盖的村中（covers_townships / "
+                        "covers_villages）",
+                        "village_tags names village '{v}', which this account does not cover "
+                        "(covers_townships / covers_villages)",
+                        v=vid,
+                    ),
+                )
+        missing = [v for v in covered if v not in tags]
+        if missing:
+            self.add(
+                self.where((*oloc, "village_tags"), key=True),
+                tr(
+                    "village_tags 缺少这些村的标签：{v}；按村群发时每个覆盖的村都要有关注者标签"
+                    "（在公众号后台“用户管理 > 标签”中建立，填标签 id）",
+                    "village_tags has no tag for: {v}; a per-village mass send needs a follower "
+                    "tag for every covered village (create it under User management > Tags and "
+                    "give its id)",
+                    v=", ".join(missing[:12]) + (", …" * (len(missing) > 12)),
+                ),
+            )
 
     def unique(
         self, item: dict[str, Any], loc: Loc, seen: dict[str, Loc], what: Text, field: str = "id"
@@ -543,6 +589,14 @@ def _wrong_value(err: ErrorDetails, field: str, raw: str | None) -> Text:
             "设置了 ingest_url 就必须设置 ingest_secret_env（保存 HMAC 密钥的环境变量名）",
             "ingest_url needs ingest_secret_env (the name of the environment variable "
             "holding the HMAC secret)",
+        )
+    if kind == "vc_village_tags_mode":
+        return tr(
+            "village_tags 只用于 mode: mass_send（按村标签群发）；mode: publish 的文章所有关注者"
+            "都能看到，请删除 village_tags 或改为 mode: mass_send",
+            "village_tags only apply to mode: mass_send (mass sends per village tag); a "
+            "published article reaches every follower, so delete village_tags or set "
+            "mode: mass_send",
         )
     return tr("{k}：{msg}", "{k}: {msg}", k=name, msg=err["msg"])
 

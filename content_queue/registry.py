@@ -152,14 +152,35 @@ Endpoint = Annotated[
 
 
 class OfficialAccountEndpoint(_EndpointBase):
-    """A township or county WeChat official account covering some villages."""
+    """A township or county WeChat official account covering some villages.
+
+    ``publish`` posts each notice as an article (free publish: no push, no quota);
+    ``mass_send`` pushes it to followers, tagged per village, within the account's quota."""
 
     kind: Literal["wechat_official_account"] = "wechat_official_account"
     app_id: Annotated[str, Field(pattern=r"^wx[0-9a-f]{16}$")]
     app_secret_env: EnvVarName
     mode: Literal["publish", "mass_send"] = "publish"
+    account_type: Literal["subscription", "service"] = "subscription"
+    """Mass-send quota: a subscription account sends once a day, a service account's
+    followers each receive at most four mass sends a month."""
+    village_tags: dict[Ident, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    """Follower tag id of each covered village (mass_send); empty: send to all followers."""
+    digest_time: HHMM = "18:00"
+    """County time of the daily digest that gathers what the quota held back (mass_send)."""
+    author: Annotated[str, Field(max_length=16)] | None = None
+    """Author shown on articles (WeChat allows 16 characters)."""
     covers_townships: list[Ident] = Field(default_factory=list)
     covers_villages: list[Ident] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _tags_need_mass_send(self) -> OfficialAccountEndpoint:
+        if self.village_tags and self.mode != "mass_send":
+            raise PydanticCustomError(
+                "vc_village_tags_mode",
+                "village_tags only apply to mode: mass_send (publish reaches every follower)",
+            )
+        return self
 
 
 class Village(_Model):

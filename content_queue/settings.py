@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     """How long a worker may wait for a robot's window or send lock before it reschedules the
     delivery instead (never more than a quarter of ``lease_seconds``)."""
 
+    # WeChat official accounts (issue #5).
+    wechat_base_url: str = Field(
+        default="https://api.weixin.qq.com", pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+    )
+    """Where every official-account API call goes, the token included: the real host, a
+    government proxy, or the test stand-in. ``/cgi-bin/...`` is appended."""
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

@@ -234,7 +234,9 @@ class Claim:
     token: str
 
 
-OutcomeKind = Literal["sent", "delivered", "retry", "failed", "skipped", "expired", "cancelled"]
+OutcomeKind = Literal[
+    "sent", "delivered", "held", "retry", "failed", "skipped", "expired", "cancelled"
+]
 
 
 @dataclass(frozen=True)
@@ -934,6 +936,15 @@ class Store:
             d.status = S.PENDING
             d.due_at = retry_at
             d.enqueued_at = retry_at  # the caller rings with a countdown to this time
+            _set_error(d, outcome.text, outcome.code)
+        elif kind == "held":
+            # Nothing went out: the channel waits for a time of its own (a mass-send quota
+            # window, a daily digest). Held like a scheduled notice, and not counted as an
+            # attempt, so a long wait does not use up the retry budget.
+            d.status = S.SCHEDULED
+            d.due_at = outcome.retry_at or now
+            d.enqueued_at = None
+            d.attempts = max(0, d.attempts - 1)
             _set_error(d, outcome.text, outcome.code)
         elif kind == "sent":
             d.status = S.SENT

@@ -162,6 +162,37 @@ def _start_wecom_standin(registry: Registry) -> Any:
     return standin
 
 
+def _unconfigured_kinds(registry: Registry) -> dict[str, list[str]]:
+    """Built channels none of whose endpoints can send here: the secret variables they name
+    are not set (WeChat accounts, WeCom robots). The demo leaves those channels out."""
+    from channels.base import get_channel
+
+    ready: dict[str, bool] = {}
+    missing: dict[str, list[str]] = {}
+    for ep in registry.endpoints.values():
+        if not ep.enabled or get_channel(ep.kind) is None:
+            continue
+        names = [v for k, v in ep.model_dump().items() if k.endswith("_env") and isinstance(v, str)]
+        unset = [n for n in names if not os.environ.get(n)]
+        ready[ep.kind] = ready.get(ep.kind, False) or not unset
+        missing.setdefault(ep.kind, []).extend(unset)
+    return {kind: missing[kind] for kind, ok in ready.items() if not ok}
+
+
+def _leave_out(data: dict[str, Any], registry: Registry, kinds: set[str]) -> dict[str, Any]:
+    if not kinds:
+        return data
+    t = data["targets"]
+    villages = registry.resolve_villages(
+        villages=t.get("villages", []),
+        townships=t.get("townships", []),
+        county=t.get("county", False),
+    )
+    present = {x.kind for x in registry.targets_for(villages)}
+    keep = [k for k in (data.get("channels") or sorted(present)) if k in present and k not in kinds]
+    return {**data, "channels": keep}
+
+
 def _start_boards(settings: Any) -> list[Any]:
     """Reference devices for every LED board and loudspeaker in devices.yaml."""
     from dispatcher.simulate import build_devices
@@ -243,7 +274,16 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
 
         now = datetime.now(UTC)
         ids = []
+        unconfigured = _unconfigured_kinds(registry)
+        for kind, names in unconfigured.items():
+            _say(
+                "{k}没有配置密钥（环境变量 {v} 未设置），演示中不发送这个渠道",
+                "{k}: no secret configured ({v} not set); the demo leaves this channel out",
+                k=KIND_LABELS[kind],
+                v=", ".join(names),
+            )
         for data in demo_notices(registry, now):
+            data = _leave_out(data, registry, set(unconfigured))
             submitted = service.submit_notice(
                 build_notice(data), store=store, registry=registry, ring=_ring
             )

@@ -381,6 +381,15 @@ def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settin
             retry_at=utcnow() + timedelta(seconds=delay),
             attempt_outcome="transient",
         )
+    if result.status == "held":
+        return Outcome(
+            "held",
+            result.hold_reason,
+            code="held",
+            retry_at=result.hold_until or utcnow(),
+            external_ref=result.external_ref,
+            details=result.details,
+        )
     return Outcome(result.status, external_ref=result.external_ref, details=result.details)
 
 

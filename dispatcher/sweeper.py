@@ -11,6 +11,7 @@ import time
 
 from content_queue.errors import VillagecastError
 from content_queue.settings import Settings, get_settings
+from content_queue.store import Store
 from dispatcher import service
 
 __all__ = ["main", "run_sweeper"]
@@ -42,6 +43,7 @@ def run_sweeper(
             return
         try:
             report = service.sweep_once(store=store, settings=settings, ring=_ring)
+            _follow_official_accounts(store, settings)
             if report.rung or report.reclaimed or report.gave_up or report.expired:
                 log.info(
                     "sweep: rang %d, released %d, reclaimed %d, gave up %d, expired %d, "
@@ -58,6 +60,17 @@ def run_sweeper(
         except Exception:
             log.exception("sweep crashed; trying again")
         stop.wait(settings.sweep_interval)
+
+
+def _follow_official_accounts(store: Store, settings: Settings) -> None:
+    """Ask WeChat about submitted articles and mass sends (each with its own backoff)."""
+    from channels.wechat_official_account import poll_official_account_publishes
+
+    settled = poll_official_account_publishes(
+        store, settings, registry=lambda: service.registry_cache.get(settings.devices)
+    )
+    if settled:
+        log.info("official accounts: %d deliveries confirmed or failed", settled)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -82,9 +82,10 @@ def test_add_and_show_as_json(home: Path) -> None:
     assert kinds["east-liu-tv"] == ("tv_feed", "pending")
     assert kinds["east-liu-led"] == ("led", "pending")
     assert kinds["east-liu-wecom"] == ("wecom_group", "pending")
+    assert kinds["east-oa"] == ("wechat_official_account", "pending")
     assert {"endpoint", "kind", "status", "attempts", "error"} <= set(shown["deliveries"][0])
     code, out, _ = run("notice", "list", "--json")
-    assert json.loads(out)[0]["deliveries"] == {"pending": 3, "skipped": 1}
+    assert json.loads(out)[0]["deliveries"] == {"pending": 4}
 
 
 def test_add_without_a_broker_keeps_the_notice(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,7 +219,7 @@ def test_status_counts(home: Path) -> None:
     assert code == 0
     rows = {(r["village"], r["kind"]): r["counts"] for r in json.loads(out)}
     assert rows[("west-zhao", "tv_feed")] == {"pending": 1}
-    assert rows[("-", "wechat_official_account")] == {"skipped": 1}
+    assert rows[("-", "wechat_official_account")] == {"pending": 1}
 
 
 def test_devices_check_ok_and_broken(home: Path, tmp_path: Path) -> None:

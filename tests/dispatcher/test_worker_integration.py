@@ -121,20 +121,22 @@ def test_notice_reaches_every_endpoint(broker: str, workers: Workers, home: Path
     )
     _wait(store, [nid], SETTLED, 60, workers)
     by_kind = {(d.endpoint_id, d.status) for d in store.deliveries(nid)}
-    # The TV feeds are published (sent, waiting for the platform to fetch); the robot's key
-    # is not set here, so its delivery fails naming the variable; the channels of later
-    # issues are skipped with a reason, and nothing is left behind. (LED boards and
-    # loudspeakers need a broker and devices: test_led_integration.py; WeCom robots:
-    # test_wecom_integration.py.)
+    # The TV feeds are published (sent, waiting for the platform to fetch); the robot and
+    # the official account have no secrets here, so their deliveries fail naming the
+    # variable, and nothing is left behind. (LED boards and loudspeakers need a broker and
+    # devices: test_led_integration.py; WeCom robots: test_wecom_integration.py; a real
+    # worker publishing through a WeChat stand-in: test_wechat_official_account.py.)
     assert by_kind == {
         ("east-liu-tv", "sent"),
         ("east-wang-tv", "sent"),
         ("west-zhao-tv", "sent"),
         ("east-liu-wecom", "failed"),
-        ("east-oa", "skipped"),
+        ("east-oa", "failed"),
     }
     (wecom,) = [d for d in store.deliveries(nid) if d.kind == "wecom_group"]
     assert wecom.error_code == "config" and "VC_WECOM_EAST_LIU" in (wecom.error_zh or "")
+    (account,) = [d for d in store.deliveries(nid) if d.endpoint_id == "east-oa"]
+    assert account.error_code == "config" and "VC_WECHAT_EAST_SECRET" in (account.error_zh or "")
     feed = (settings.feeds_dir / "west-zhao-tv.atom").read_text(encoding="utf-8")
     assert "村民代表会议通知" in feed
 
