@@ -136,12 +136,16 @@ keys_app = _typer("设备指令签名密钥", "signing keys for device commands"
 mqtt_app = _typer("MQTT 服务器配置", "MQTT broker configuration")
 device_app = _typer("参考设备与模拟器", "the reference device and simulator")
 audit_app = _typer("审计日志：查看和校验", "the audit log: show and verify")
+users_app = _typer(
+    "监控页面的账号（乡镇、县、村）", "dashboard accounts (township, county, village)"
+)
 app.add_typer(notice_app, name="notice")
 app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")
 app.add_typer(keys_app, name="keys")
 app.add_typer(mqtt_app, name="mqtt")
 app.add_typer(device_app, name="device")
+app.add_typer(users_app, name="users")
 
 
 @app.callback()
@@ -1569,6 +1573,208 @@ def speak(
     )
 
 
+# -- dashboard accounts --------------------------------------------------------------------
+
+
+def _read_password(password_stdin: bool, *, confirm: bool = True) -> str:
+    """From stdin (one line) or a hidden prompt; never from an argument (shell history)."""
+    if password_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    return str(
+        typer.prompt(
+            tr("密码", "password").render(),
+            hide_input=True,
+            confirmation_prompt=confirm,
+        )
+    )
+
+
+@users_app.command(
+    "add",
+    help=h(
+        "创建账号：乡镇工作人员（--township）、县级管理员、村支书或监督委员会成员（--village）",
+        "create an account: township officer (--township), county admin, secretary or "
+        "reviewer (--village)",
+    ),
+)
+def users_add(
+    username: Annotated[str, typer.Argument(metavar="USERNAME")],
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help=h(
+                "角色：township_officer 乡镇工作人员, county_admin 县级管理员, "
+                "secretary 村支书/村会计（只读）, reviewer 村务监督委员会成员（只读）",
+                "role: township_officer, county_admin, secretary (read-only), reviewer",
+            ),
+        ),
+    ],
+    township: Annotated[
+        str | None, typer.Option("--township", help=h("所属乡镇（乡镇工作人员）", "township"))
+    ] = None,
+    village: Annotated[
+        list[str] | None,
+        typer.Option("--village", help=h("所在的村（可重复）", "village (repeatable)")),
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help=h("显示的姓名", "display name"))] = "",
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help=h("从标准输入读取密码（一行）", "read the password from stdin")
+        ),
+    ] = False,
+) -> None:
+    from content_queue.accounts import AccountError, Accounts, Role
+    from dispatcher.service import registry_cache
+
+    if role not in Role._value2member_map_:
+        raise AccountError(
+            tr(
+                "未知的角色：{r}（可选 {all}）",
+                "unknown role: {r} (one of {all})",
+                r=role,
+                all=", ".join(r.value for r in Role),
+            )
+        )
+    settings = _settings()
+    registry = registry_cache.get(settings.devices)
+    password = _read_password(password_stdin)
+    user = Accounts(_store(settings)).add_user(
+        username=username,
+        password=password,
+        role=Role(role),
+        township_id=township,
+        villages=village or [],
+        display_name=name,
+        registry=registry,
+    )
+    typer.echo(
+        tr(
+            "已创建账号 {u}（{role}）。用 villagecast serve（或 up）启动监控页面后登录。",
+            "created {u} ({role}); log in once `villagecast serve` (or `up`) runs",
+            u=user.username,
+            role=user.role.value,
+        ).render()
+    )
+
+
+@users_app.command("list", help=h("列出账号", "list accounts"))
+def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    from content_queue.accounts import ROLE_LABELS, Accounts
+
+    users = Accounts(_store(_settings())).users()
+    rows = [
+        {
+            "username": u.username,
+            "name": u.display_name,
+            "role": u.role.value,
+            "township": u.township_id,
+            "villages": u.villages,
+            "active": u.active,
+            "last_login_at": u.last_login_at.isoformat() if u.last_login_at else None,
+        }
+        for u in users
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    if not users:
+        typer.echo(tr("还没有账号（villagecast users add）", "no accounts yet").render())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    zh = current_lang() == "zh"
+    table = Table()
+    for zh_name, en_name in (
+        ("用户名", "username"),
+        ("姓名", "name"),
+        ("角色", "role"),
+        ("范围", "scope"),
+        ("状态", "state"),
+        ("最近登录", "last login"),
+    ):
+        table.add_column(zh_name if zh else en_name)
+    for u in users:
+        scope = u.township_id or "、".join(u.villages) or ("全县" if zh else "county")
+        table.add_row(
+            u.username,
+            u.display_name,
+            ROLE_LABELS[u.role].render(),
+            scope,
+            ("正常" if zh else "active") if u.active else ("已停用" if zh else "disabled"),
+            _ts(u.last_login_at),
+        )
+    Console().print(table)
+
+
+@users_app.command(
+    "passwd",
+    help=h("修改密码（该账号的所有登录会失效）", "change a password (signs out everywhere)"),
+)
+def users_passwd(
+    username: Annotated[str, typer.Argument(metavar="USERNAME")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help=h("从标准输入读取密码（一行）", "read the password from stdin")
+        ),
+    ] = False,
+) -> None:
+    from content_queue.accounts import Accounts
+
+    accounts = Accounts(_store(_settings()))
+    accounts.user(username)  # a clear error before asking for a password
+    ended = accounts.set_password(username, _read_password(password_stdin))
+    typer.echo(
+        tr(
+            "已修改 {u} 的密码，{n} 个登录已失效",
+            "changed the password of {u}; {n} session(s) ended",
+            u=username,
+            n=ended,
+        ).render()
+    )
+
+
+@users_app.command(
+    "disable", help=h("停用账号（立即退出所有登录）", "disable an account (signs out at once)")
+)
+def users_disable(username: Annotated[str, typer.Argument(metavar="USERNAME")]) -> None:
+    from content_queue.accounts import Accounts
+
+    Accounts(_store(_settings())).set_active(username, False)
+    typer.echo(tr("已停用 {u}", "disabled {u}", u=username).render())
+
+
+@users_app.command("enable", help=h("重新启用账号", "enable an account again"))
+def users_enable(username: Annotated[str, typer.Argument(metavar="USERNAME")]) -> None:
+    from content_queue.accounts import Accounts
+
+    Accounts(_store(_settings())).set_active(username, True)
+    typer.echo(tr("已启用 {u}", "enabled {u}", u=username).render())
+
+
+@app.command(
+    "serve",
+    help=h(
+        "运行乡镇监控页面（也提供电视订阅源和音频；up 已包含）",
+        "run the township dashboard (also serves the TV feeds and audio; part of `up`)",
+    ),
+)
+def serve() -> None:
+    import logging
+
+    from dashboard.server import serve_forever
+    from dispatcher.service import registry_cache
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _settings()
+    registry_cache.get(settings.devices)  # devices.yaml must be valid: its errors now
+    serve_forever(settings, _store(settings), lambda: registry_cache.get(settings.devices))
+
+
 # -- running -------------------------------------------------------------------------------
 
 
@@ -1622,9 +1828,11 @@ def sweep(forever: Annotated[bool, typer.Option("--forever")] = False) -> None:
 def up(
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
 ) -> None:
+    from dashboard.server import start_in_thread
     from dispatcher.runner import run_up
 
-    run_up(concurrency=concurrency)
+    # The dashboard serves the feeds and clips too (on the feed address, public paths only).
+    run_up(concurrency=concurrency, http_server=start_in_thread)
 
 
 @app.command(

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -33,6 +34,8 @@ __all__ = [
     "RateEvent",
     "SendPart",
     "UTCDateTime",
+    "User",
+    "WebSession",
 ]
 
 
@@ -72,7 +75,7 @@ class Notice(Base):
     targets: Mapped[dict[str, Any]] = mapped_column(JSON)
     channels: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     table: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    publish_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    publish_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     author: Mapped[str] = mapped_column(String(64), default="")
     revision: Mapped[int] = mapped_column(Integer, default=1)
@@ -94,6 +97,16 @@ class Delivery(Base):
         ),
         Index("ix_deliveries_status_due", "status", "due_at"),
         Index("ix_deliveries_endpoint_status", "endpoint_id", "status"),
+        # The dashboard groups a notice's deliveries by place, channel and state from here.
+        Index(
+            "ix_deliveries_overview",
+            "notice_id",
+            "action",
+            "township_id",
+            "village_id",
+            "kind",
+            "status",
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -257,3 +270,45 @@ class KvEntry(Base):
     value: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class User(Base):
+    """A person who signs in (dashboard, later the CLI): a role and the places it covers.
+
+    ``township_id`` scopes a township officer, ``villages`` a secretary or a reviewer; a
+    county administrator has neither. Issue #7's review rules use the same accounts.
+    """
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("username", name="uq_users_username"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(64), default="")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(24))
+    """secretary, reviewer, township_officer or county_admin."""
+    township_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    villages: Mapped[list[str]] = mapped_column(JSON, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random token; only its SHA-256 is stored,
+    so a copy of the database gives no usable session."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 (hex) of the cookie's token."""
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ip: Mapped[str] = mapped_column(String(64), default="")
+    user_agent: Mapped[str] = mapped_column(String(255), default="")

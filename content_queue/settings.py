@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     """Public base URL of the feeds (for links inside them); default http://host:port."""
     http_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # The township dashboard (issue #6): `villagecast serve`, also run by `up`.
+    web_host: str = "127.0.0.1"
+    """Where the dashboard listens; loopback by default (put a TLS proxy in front)."""
+    web_port: int = Field(default=8780, ge=0, le=65535)
+    web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    """A login lasts at most this long."""
+    web_session_idle_minutes: float = Field(default=120.0, gt=0)
+    """A login unused this long ends."""
+    web_secure_cookies: bool = False
+    """Mark cookies Secure (set it when the dashboard is reached over HTTPS)."""
+    web_forwarded_allow_ips: str | None = None
+    """Proxies trusted for X-Forwarded-For (comma-separated); none by default."""
+    offline_alert_minutes: float = Field(default=30.0, gt=0)
+    """A device offline longer than this is highlighted and listed as needing a person."""
+    metrics_token_env: str = "VILLAGECAST_METRICS_TOKEN"  # noqa: S105 - a name, not a secret
+    """Name of the environment variable holding the bearer token for /metrics; without it,
+    /metrics answers loopback clients only."""
+
     # MQTT (LED boards and loudspeakers, issue #3).
     mqtt_url: str | None = None
     """mqtt://user@host:port of the broker; default an embedded broker started by `up`."""
@@ -122,6 +140,11 @@ class Settings(BaseSettings):
     @property
     def mqtt_is_embedded(self) -> bool:
         return self.mqtt_url is None
+
+    @property
+    def resolved_web_url(self) -> str:
+        host = self.web_host if ":" not in self.web_host else f"[{self.web_host}]"
+        return f"http://{host}:{self.web_port}"
 
     @property
     def keys_dir(self) -> Path:

@@ -1352,6 +1352,75 @@ class Store:
             )
             return [(NoticeView.of(n), None, did, kind) for did, kind, n in s.execute(q)]
 
+    # -- people acting on failures (the dashboard) ------------------------------------------
+
+    def retry_failed(
+        self, delivery_id: int, *, actor: str, reason: str = "", now: datetime | None = None
+    ) -> DeliveryView:
+        """Give a failed delivery a fresh start: back to ``pending`` now, attempts reset.
+
+        For after a person fixed the cause (a key renewed, a board back on the network).
+        The attempts already made stay in ``attempts``; the audit log records who retried
+        and what the last error was. A publish of a notice that was withdrawn or has
+        expired is not sent again (a failed recall may be retried: the board must clear).
+        """
+        now = now or utcnow()
+        with self.session() as s:
+            d = s.get(Delivery, delivery_id)
+            if d is None:
+                raise NotFoundError(
+                    tr("投递 {id} 不存在", "delivery {id} does not exist", id=delivery_id)
+                )
+            if d.status != S.FAILED:
+                raise StateError(
+                    tr(
+                        "投递 {id} 当前是「{state}」，只有失败的投递可以重试",
+                        "delivery {id} is {state_en}; only a failed delivery can be retried",
+                        id=delivery_id,
+                        state=STATUS_LABELS.get(d.status, tr(d.status, d.status)),
+                        state_en=d.status,
+                    )
+                )
+            n = s.get(Notice, d.notice_id)
+            assert n is not None
+            if d.action == "publish" and n.state != "active":
+                raise StateError(
+                    tr(
+                        "通知 {id} 已撤回或被更正，不再重发",
+                        "notice {id} was withdrawn or corrected; it is not sent again",
+                        id=n.id,
+                    )
+                )
+            if d.action == "publish" and n.expires_at is not None and n.expires_at <= now:
+                raise StateError(
+                    tr(
+                        "通知 {id} 已过期，不再重发",
+                        "notice {id} has expired; it is not sent again",
+                        id=n.id,
+                    )
+                )
+            previous = {"error_code": d.error_code, "error": d.error_zh, "attempts": d.attempts}
+            d.status = S.PENDING
+            d.attempts = 0
+            d.due_at = now
+            d.enqueued_at = None
+            d.lease_until = None
+            d.leased_by = None
+            d.finished_at = None
+            d.updated_at = now
+            _set_error(d, None, None)
+            s.add(
+                AuditEntry(
+                    at=now,
+                    actor=actor,
+                    action="delivery.retry",
+                    notice_id=d.notice_id,
+                    details={"delivery": d.id, "reason": reason, "previous": previous},
+                )
+            )
+            s.flush()
+            return DeliveryView.of(d)
+
 
 ACKED_KINDS = frozenset({"led", "speaker"})
 """Channels whose deliveries are confirmed by a device ack."""

@@ -1,5 +1,8 @@
 """The feed server: the cable-TV platform pulls each village's feed here (stdlib HTTP only).
 
+The answers are built by plain functions (:func:`public_reply`) that the dashboard's web
+app serves too, so ``villagecast serve`` and ``up`` answer these paths the same way.
+
 ``GET /feeds/<village>.atom|.rss|.json`` serves the file the TV feed channel wrote, with
 ETag and Last-Modified; a 200 or 304 answer to a GET is recorded as a fetch, which turns
 the deliveries that were already in that file from 'sent' into 'delivered'.
@@ -14,7 +17,8 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +31,17 @@ from content_queue.registry import ID_PATTERN, Registry
 from content_queue.settings import Settings
 from content_queue.store import Store, utcnow
 
-__all__ = ["FeedServer", "make_server", "serve_in_thread"]
+__all__ = [
+    "FeedServer",
+    "Reply",
+    "audio_reply",
+    "feed_reply",
+    "is_public_path",
+    "make_server",
+    "not_found",
+    "public_reply",
+    "serve_in_thread",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,129 +100,195 @@ class _FeedHandler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve(head=True)
 
-    # -- responses ---------------------------------------------------------------------
-
-    def _text(self, status: int, text: str, *, head: bool) -> None:
-        body = text.encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
     def _serve(self, *, head: bool) -> None:
-        path = urlsplit(self.path).path
-        if path == "/healthz":
-            self._text(200, "ok\n", head=head)
-            return
-        if path.startswith("/audio/"):
-            self._audio(path.removeprefix("/audio/"), head=head)
-            return
-        name = unquote(path.removeprefix("/feeds/")) if path.startswith("/feeds/") else ""
-        village_id, dot, fmt = name.rpartition(".")
-        if not (dot and fmt in FEED_FORMATS and _VILLAGE_ID.fullmatch(village_id)):
-            self._text(404, _NOT_FOUND, head=head)
-            return
-        try:
-            registry = self._srv.registry_loader()
-            endpoint = feed_endpoint(registry, village_id)
-        except NotFoundError:
-            self._text(404, _NOT_FOUND, head=head)
-            return
-        except Exception:  # devices.yaml broken mid-edit: the platform should come back later
-            log.exception("cannot load the registry for a feed request")
-            self._text(503, _UNAVAILABLE, head=head)
-            return
-        settings = self._srv.settings
-        # Taken before the file is read: only deliveries marked sent by then are surely in it.
-        started = utcnow()
-        mtime: float | None = None
-        try:
-            with feed_file(settings, endpoint.id, fmt).open("rb") as fh:
-                mtime = os.fstat(fh.fileno()).st_mtime
-                data = fh.read()
-        except FileNotFoundError:
-            # Nothing published yet: an empty feed, so the platform can subscribe already.
-            data = render_feed(
-                [],
-                endpoint_id=endpoint.id,
-                village_id=village_id,
-                village_name=registry.village_name(village_id),
-                fmt=fmt,
-                base_url=settings.resolved_feed_base_url,
-                now=started,
-            )
-        headers = {"Content-Type": MEDIA_TYPES[fmt], "Cache-Control": "no-cache"}
-        if mtime is not None:
-            headers["ETag"] = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-            headers["Last-Modified"] = formatdate(mtime, usegmt=True)
-        status = 304 if mtime is not None and self._not_modified(headers, mtime) else 200
-        self.send_response(status)
-        for key, value in headers.items():
+        srv = self._srv
+        reply = public_reply(
+            urlsplit(self.path).path,
+            {k.lower(): v for k, v in self.headers.items()},
+            settings=srv.settings,
+            store=srv.store,
+            registry_loader=srv.registry_loader,
+            head=head,
+        )
+        if reply is None:
+            reply = not_found()
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
             self.send_header(key, value)
-        if status == 200:
-            self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        if status == 200 and not head:
-            self.wfile.write(data)
-        if head or mtime is None:
-            return  # a HEAD or an empty feed showed the platform no notice
+        if not head and reply.body:
+            self.wfile.write(reply.body)
+        if reply.after is not None:
+            reply.after()
+
+
+@dataclass
+class Reply:
+    """An answer to a public request, independent of the HTTP server that sends it (the
+    stdlib feed server here, the dashboard's ASGI app in ``villagecast serve``/``up``)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    after: Callable[[], None] | None = None
+    """Run once the answer has been sent (recording a feed fetch)."""
+
+
+def text_reply(status: int, text: str) -> Reply:
+    body = text.encode("utf-8")
+    return Reply(
+        status,
+        {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Length": str(len(body)),
+            "Cache-Control": "no-store",
+        },
+        body,
+    )
+
+
+def not_found() -> Reply:
+    return text_reply(404, _NOT_FOUND)
+
+
+def is_public_path(path: str) -> bool:
+    """Paths anyone may fetch without signing in: feeds, clips and the health check."""
+    return path == "/healthz" or path.startswith(("/feeds/", "/audio/"))
+
+
+def public_reply(
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    settings: Settings,
+    store: Store,
+    registry_loader: RegistryLoader,
+    head: bool,
+) -> Reply | None:
+    """The answer to a public path, or None when ``path`` is not a public one.
+
+    ``headers`` are the request's headers with lower-case names.
+    """
+    if path == "/healthz":
+        return text_reply(200, "ok\n")
+    if path.startswith("/audio/"):
+        return audio_reply(path.removeprefix("/audio/"), headers, settings=settings)
+    if path.startswith("/feeds/"):
+        return feed_reply(
+            unquote(path.removeprefix("/feeds/")),
+            headers,
+            settings=settings,
+            store=store,
+            registry_loader=registry_loader,
+            head=head,
+        )
+    return None
+
+
+def feed_reply(
+    name: str,
+    headers: Mapping[str, str],
+    *,
+    settings: Settings,
+    store: Store,
+    registry_loader: RegistryLoader,
+    head: bool,
+) -> Reply:
+    """``<village>.atom|rss|json``: the feed file with validators; a GET that got it (200
+    or 304) is recorded as a fetch once sent, confirming what the feed held."""
+    village_id, dot, fmt = name.rpartition(".")
+    if not (dot and fmt in FEED_FORMATS and _VILLAGE_ID.fullmatch(village_id)):
+        return not_found()
+    try:
+        registry = registry_loader()
+        endpoint = feed_endpoint(registry, village_id)
+    except NotFoundError:
+        return not_found()
+    except Exception:  # devices.yaml broken mid-edit: the platform should come back later
+        log.exception("cannot load the registry for a feed request")
+        return text_reply(503, _UNAVAILABLE)
+    # Taken before the file is read: only deliveries marked sent by then are surely in it.
+    started = utcnow()
+    mtime: float | None = None
+    try:
+        with feed_file(settings, endpoint.id, fmt).open("rb") as fh:
+            mtime = os.fstat(fh.fileno()).st_mtime
+            data = fh.read()
+    except FileNotFoundError:
+        # Nothing published yet: an empty feed, so the platform can subscribe already.
+        data = render_feed(
+            [],
+            endpoint_id=endpoint.id,
+            village_id=village_id,
+            village_name=registry.village_name(village_id),
+            fmt=fmt,
+            base_url=settings.resolved_feed_base_url,
+            now=started,
+        )
+    out = {"Content-Type": MEDIA_TYPES[fmt], "Cache-Control": "no-cache"}
+    if mtime is not None:
+        out["ETag"] = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        out["Last-Modified"] = formatdate(mtime, usegmt=True)
+    status = 304 if mtime is not None and _not_modified(headers, out["ETag"], mtime) else 200
+    if status == 200:
+        out["Content-Length"] = str(len(data))
+    reply = Reply(status, out, data if status == 200 else b"")
+    if head or mtime is None:
+        return reply  # a HEAD or an empty feed showed the platform no notice
+
+    def record() -> None:
         try:
-            confirmed = self._srv.store.record_feed_fetch(
-                endpoint.id,
-                feed_format=fmt,
-                client=self.headers.get("User-Agent", ""),
-                now=started,
+            confirmed = store.record_feed_fetch(
+                endpoint.id, feed_format=fmt, client=headers.get("user-agent", ""), now=started
             )
         except Exception:  # served anyway; the next fetch confirms
             log.exception("cannot record the fetch of %s.%s", endpoint.id, fmt)
             return
         log.info("%s.%s fetched (%s): %d confirmed", endpoint.id, fmt, status, confirmed)
 
-    def _audio(self, name: str, *, head: bool) -> None:
-        """Synthesized clips, public, named by the SHA-256 of their content (immutable)."""
-        m = _CLIP_NAME.fullmatch(name)
-        if m is None:
-            self._text(404, _NOT_FOUND, head=head)
-            return
-        path = self._srv.settings.home / "audio" / name
-        try:
-            data = path.read_bytes()
-        except OSError:
-            self._text(404, _NOT_FOUND, head=head)
-            return
-        etag = f'"{m.group(1)}"'
-        if self.headers.get("If-None-Match") == etag:
-            self.send_response(304)
-            self.send_header("ETag", etag)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", _AUDIO_TYPES[m.group(2)])
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("ETag", etag)
-        self.send_header("Cache-Control", "public, max-age=31536000, immutable")
-        self.end_headers()
-        if not head:
-            self.wfile.write(data)
+    reply.after = record
+    return reply
 
-    def _not_modified(self, headers: dict[str, str], mtime: float) -> bool:
-        if_none_match = self.headers.get("If-None-Match")
-        if if_none_match is not None:
-            tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-            return "*" in tags or headers["ETag"] in tags
-        if_modified_since = self.headers.get("If-Modified-Since")
-        if if_modified_since:
-            try:
-                since = parsedate_to_datetime(if_modified_since)
-            except (TypeError, ValueError):
-                return False
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-            return int(mtime) <= since.timestamp()
-        return False
+
+def audio_reply(name: str, headers: Mapping[str, str], *, settings: Settings) -> Reply:
+    """Synthesized clips, public, named by the SHA-256 of their content (immutable)."""
+    m = _CLIP_NAME.fullmatch(name)
+    if m is None:
+        return not_found()
+    try:
+        data = (settings.home / "audio" / name).read_bytes()
+    except OSError:
+        return not_found()
+    etag = f'"{m.group(1)}"'
+    if headers.get("if-none-match") == etag:
+        return Reply(304, {"ETag": etag})
+    return Reply(
+        200,
+        {
+            "Content-Type": _AUDIO_TYPES[m.group(2)],
+            "Content-Length": str(len(data)),
+            "ETag": etag,
+            "Cache-Control": "public, max-age=31536000, immutable",
+        },
+        data,
+    )
+
+
+def _not_modified(headers: Mapping[str, str], etag: str, mtime: float) -> bool:
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+        return "*" in tags or etag in tags
+    if_modified_since = headers.get("if-modified-since")
+    if if_modified_since:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return int(mtime) <= since.timestamp()
+    return False
 
 
 def make_server(

@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from content_queue.i18n import tr
+from content_queue.registry import Registry
 from content_queue.settings import Settings, get_settings
+from content_queue.store import Store
 from dispatcher import service
 from dispatcher.sweeper import run_sweeper
 from dispatcher.worker import spawn_worker
 
-__all__ = ["Stack", "run_up", "start_stack"]
+__all__ = ["HttpServerFactory", "Stack", "run_up", "start_stack"]
 
 log = logging.getLogger(__name__)
+
+HttpServerFactory = Callable[[Settings, Store, Callable[[], Registry]], Any]
+"""Starts the HTTP side instead of the bare feed server and returns it running: an object
+with ``server_address`` (where the feeds are), ``shutdown()`` and ``server_close()``, and
+optionally ``web_url``. The CLI passes the dashboard's (a layer above this one)."""
 
 
 @dataclass
@@ -101,6 +108,7 @@ def start_stack(
     worker_log: Path | None = None,
     devices: bool = True,
     on_ready: Callable[[Stack], None] | None = None,
+    http_server: HttpServerFactory | None = None,
 ) -> Stack:
     """Start the worker, sweeper, feed server and, for devices, the MQTT side.
 
@@ -125,7 +133,11 @@ def start_stack(
         worker_log=worker_log,
         mqtt_broker=broker,
     )
-    if feed_server:
+    if feed_server and http_server is not None:
+        stack.server = http_server(
+            settings, store, lambda: service.registry_cache.get(settings.devices)
+        )
+    elif feed_server:
         from dispatcher.feed_server import serve_in_thread
 
         server, thread = serve_in_thread(
@@ -186,11 +198,16 @@ def ensure_keys(settings: Settings) -> None:
         )
 
 
-def run_up(*, concurrency: int | None = None) -> None:
+def run_up(*, concurrency: int | None = None, http_server: HttpServerFactory | None = None) -> None:
     settings = get_settings()
     # devices.yaml must be valid before anything starts: fail with its errors now.
     service.registry_cache.get(settings.devices)
-    stack = start_stack(settings=settings, concurrency=concurrency, worker_loglevel="INFO")
+    stack = start_stack(
+        settings=settings,
+        concurrency=concurrency,
+        worker_loglevel="INFO",
+        http_server=http_server,
+    )
     print(
         tr(
             "villagecast 已启动。数据目录：{home}\n电视平台订阅源：{url}/feeds/<村id>.atom"
@@ -207,6 +224,16 @@ def run_up(*, concurrency: int | None = None) -> None:
         ).render(),
         flush=True,
     )
+    web_url = getattr(stack.server, "web_url", None)
+    if web_url:
+        print(
+            tr(
+                "乡镇监控页面：{url}/（账号：villagecast users add）",
+                "township dashboard: {url}/ (accounts: villagecast users add)",
+                url=web_url,
+            ).render(),
+            flush=True,
+        )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:

@@ -248,7 +248,7 @@ def test_unknown_notice_is_a_clear_error(store: Store) -> None:
 def test_database_is_sqlite_wal_and_migrated(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     Store(store.url)  # opening again finds the schema current and does nothing
 
 
