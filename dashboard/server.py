@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 
+from content_queue.accounts import Accounts
 from content_queue.errors import ConfigError
 from content_queue.i18n import tr
 from content_queue.settings import Settings
@@ -99,6 +100,7 @@ def make_server(
     registry_loader: RegistryLoader,
     *,
     ring: Ringer | None = None,
+    accounts: Accounts | None = None,
     feeds: bool = True,
     log_level: str = "warning",
 ) -> DashboardServer:
@@ -107,7 +109,9 @@ def make_server(
     web = bind(settings.web_host, settings.web_port)
     sockets = [web]
     feed_sock = None
-    same = settings.feed_host == settings.web_host and settings.feed_port == settings.web_port
+    # Port 0 asks for a free port each: two listeners, never one.
+    same = (settings.feed_host, settings.feed_port) == (settings.web_host, settings.web_port)
+    same = same and settings.web_port != 0
     if feeds and not same:
         try:
             feed_sock = bind(settings.feed_host, settings.feed_port)
@@ -121,6 +125,7 @@ def make_server(
         store=store,
         registry_loader=registry_loader,
         ring=ring,
+        accounts=accounts,
         public_ports=frozenset({feed_sock.getsockname()[1]}) if feed_sock else frozenset(),
     )
     proxy: dict[str, Any] = {"proxy_headers": False}
@@ -143,9 +148,10 @@ def start_in_thread(
     registry_loader: RegistryLoader,
     *,
     ring: Ringer | None = None,
+    accounts: Accounts | None = None,
 ) -> DashboardServer:
     """Start the dashboard (and the feed listener) in a daemon thread, ready on return."""
-    srv = make_server(settings, store, registry_loader, ring=ring)
+    srv = make_server(settings, store, registry_loader, ring=ring, accounts=accounts)
     srv.thread = threading.Thread(
         target=srv.server.run,
         kwargs={"sockets": srv.sockets},
