@@ -46,6 +46,7 @@ def test_up_runs_worker_sweeper_and_feed_server(tmp_path: Path) -> None:
         VILLAGECAST_HOME=str(home),
         VILLAGECAST_DEVICES=str(REPO / "devices.yaml"),
         VILLAGECAST_FEED_PORT=str(port),
+        VILLAGECAST_WEB_PORT=str(port + 1000),
         VILLAGECAST_LANG="zh",
     )
     up = subprocess.Popen(
@@ -97,12 +98,18 @@ def test_up_runs_worker_sweeper_and_feed_server(tmp_path: Path) -> None:
         assert add.returncode == 0, add.stdout + add.stderr
         feed = httpx.get(f"http://127.0.0.1:{port}/feeds/{village}.json", timeout=5).json()
         assert feed["items"][0]["title"] == "停水通知"
+        # The dashboard runs too, on its own (loopback) address; the feed address serves
+        # only the public paths.
+        login = httpx.get(f"http://127.0.0.1:{port + 1000}/login", timeout=5)
+        assert login.status_code == 200 and "登录" in login.text
+        assert httpx.get(f"http://127.0.0.1:{port}/login", timeout=5).status_code == 404
     finally:
         os.killpg(up.pid, signal.SIGINT)
         out, _ = up.communicate(timeout=60)
     text = out.decode("utf-8", "replace")
     assert up.returncode == 0, text[-3000:]
     assert "villagecast 已启动" in text and "正在停止" in text
+    assert f"乡镇监控页面：http://127.0.0.1:{port + 1000}/" in text
 
 
 def _first_tv_village() -> str:
