@@ -11,7 +11,14 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from channels.base import Channel, ChannelLimits, DeliveryContext, SendResult, TransientError
+from channels.base import (
+    Channel,
+    ChannelLimits,
+    DeliveryContext,
+    PermanentError,
+    SendResult,
+    TransientError,
+)
 from content_queue.i18n import tr
 from content_queue.registry import EndpointKind
 
@@ -59,3 +66,24 @@ class NoopChannel(Channel):
 
     def send(self, ctx: DeliveryContext) -> SendResult:
         return SendResult("delivered")
+
+
+class FailsOnceChannel(Channel):
+    """Fails permanently the first time it sees a delivery, delivers the second time: a
+    failure a person fixes and retries (the dashboard's browser test)."""
+
+    kind: ClassVar[EndpointKind] = "tv_feed"
+
+    def send(self, ctx: DeliveryContext) -> SendResult:
+        marker = side_effects_path().with_name(f"failed-once-{ctx.delivery_id}")
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("1")
+            raise PermanentError(
+                tr(
+                    "电视平台拒绝了推送（签名密钥不对）",
+                    "the TV platform refused the push (wrong signing secret)",
+                ),
+                code="config",
+            )
+        return SendResult("delivered", external_ref=f"ok-{ctx.delivery_id}")
