@@ -1,6 +1,7 @@
 """villagecast benchmarks: each figure beside a baseline measured in the same run.
 
     scripts/dev bench            # or: python bench/run.py [--quick] [--json FILE]
+                                 #   [--no-devices] [--no-dashboard]
 
 Everything runs on loopback: a temporary data directory, the embedded SQLite broker,
 and a redis-server started here when the binary is installed.
@@ -291,6 +292,9 @@ def main() -> None:
     parser.add_argument(
         "--no-devices", action="store_true", help="skip the LED fan-out (about 8 minutes)"
     )
+    parser.add_argument(
+        "--no-dashboard", action="store_true", help="skip the dashboard overview load"
+    )
     args = parser.parse_args()
     n = 200 if args.quick else 1000
     runs = 3 if args.quick else 9
@@ -360,6 +364,10 @@ def main() -> None:
         from bench.led import led_rows  # imports Row from this module
 
         rows += led_rows(quick=args.quick)
+    if not args.no_dashboard:
+        from bench.dashboard import dashboard_rows
+
+        rows += dashboard_rows(quick=args.quick)
     width = max(len(r.what) for r in rows)
     print(f"{'figure':<{width}}  {'value':>10}  {'baseline':>10}  ratio   goal      baseline is")
     for r in rows:
