@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from content_queue.db import Attempt, Delivery, Device, DeviceCommand, Notice, PresenceEvent
 from content_queue.models import CATEGORY_LABELS, PRIORITY_LABELS, Category, Priority
@@ -213,6 +213,7 @@ def overview(
     """Recent notices x channels and villages x channels, counted by bucket."""
     now = now or utcnow()
     in_scope = [scope.deliveries(), *filters.deliveries()]
+    buckets = _bucket_sums()
     with store.session(readonly=True) as s:
         wanted = (
             select(Notice.id, Notice.title, Notice.category, Notice.priority, Notice.publish_at)
@@ -224,50 +225,51 @@ def overview(
         )
         notice_rows = s.execute(wanted).all()
         ids = [r.id for r in notice_rows]
-        per_notice: dict[int, dict[str, Cell]] = defaultdict(dict)
+        per_notice: dict[int, dict[str, tuple[int, ...]]] = defaultdict(dict)
         if ids:
             q = (
-                select(Delivery.notice_id, Delivery.kind, Delivery.status, func.count())
+                select(Delivery.notice_id, Delivery.kind, *buckets)
                 .where(Delivery.notice_id.in_(ids), *in_scope)
-                .group_by(Delivery.notice_id, Delivery.kind, Delivery.status)
+                .group_by(Delivery.notice_id, Delivery.kind)
             )
-            for nid, kind, status, count in s.execute(q):
-                per_notice[nid].setdefault(kind, Cell()).add(status, count)
+            for nid, kind, *counts in s.execute(q):
+                per_notice[nid][kind] = tuple(counts)
+        # The whole period, grouped in SQL: one row per village and channel, each carrying
+        # its five bucket counts (the covering index answers it without reading rows).
         window = select(Notice.id).where(*filters.notices())
         q2 = (
-            select(Delivery.village_id, Delivery.kind, Delivery.status, func.count())
+            select(Delivery.village_id, Delivery.kind, *buckets)
             .where(Delivery.notice_id.in_(window), *in_scope)
-            .group_by(Delivery.village_id, Delivery.kind, Delivery.status)
+            .group_by(Delivery.village_id, Delivery.kind)
         )
-        per_village: dict[str | None, dict[str, Cell]] = defaultdict(dict)
-        for vid, kind, status, count in s.execute(q2):
-            per_village[vid].setdefault(kind, Cell()).add(status, count)
+        per_village: dict[str | None, dict[str, tuple[int, ...]]] = defaultdict(dict)
+        for vid, kind, *counts in s.execute(q2):
+            per_village[vid][kind] = tuple(counts)
     kinds_seen = {k for cells in per_village.values() for k in cells}
     kinds = [k for k in KIND_ORDER if k in kinds_seen or filters.channel == k]
-    total = Cell()
-    villages: list[VillageRow] = []
+    grand = [0] * len(BUCKETS)
     township_names = {t.id: t.name for t in registry.townships.values()}
+    ranked: list[tuple[tuple[int, int, str], str | None, dict[str, tuple[int, ...]], list[int]]]
+    ranked = []
     for vid, cells in per_village.items():
-        row_total = _sum(cells.values())
-        for k, c in row_total.model_dump().items():
-            setattr(total, k, getattr(total, k) + c)
+        row = _add(cells.values())
+        grand = [a + b for a, b in zip(grand, row, strict=True)]
+        # Problems first: failed, then waiting; then by id.
+        ranked.append(((-row[2], -row[1], vid or ""), vid, cells, row))
+    ranked.sort(key=lambda r: r[0])
+    hidden = max(0, len(ranked) - village_limit)
+    villages = []
+    for _, vid, cells, row in ranked[:village_limit]:
         tid = registry.village_township.get(vid) if vid else None
         villages.append(
-            VillageRow(
+            VillageRow.model_construct(
                 village_id=vid,
                 name=registry.village_name(vid) if vid else "公众号（覆盖多个村）",
                 township=township_names.get(tid or "", tid),
-                cells=cells,
-                total=row_total,
+                cells={k: _cell(c) for k, c in cells.items()},
+                total=_cell(row),
             )
         )
-    # Problems first: failed, then waiting; then by name.
-    villages.sort(key=lambda r: (-r.total.failed, -r.total.pending, r.village_id or ""))
-    hidden = 0
-    if len(villages) > village_limit:
-        keep = villages[:village_limit]
-        hidden = len(villages) - village_limit
-        villages = keep
     offline, known = _offline_count(store, registry, scope, filters)
     return Overview(
         filters=filters,
@@ -282,25 +284,42 @@ def overview(
                 publish_at=r.publish_at,
                 state=r.state,
                 revision=r.revision,
-                cells=per_notice.get(r.id, {}),
-                total=_sum(per_notice.get(r.id, {}).values()),
+                cells={k: _cell(c) for k, c in per_notice.get(r.id, {}).items()},
+                total=_cell(_add(per_notice.get(r.id, {}).values())),
             )
             for r in notice_rows
         ],
         villages=villages,
         villages_hidden=hidden,
-        total=total,
+        total=_cell(grand),
         devices_offline=offline,
         devices_known=known,
     )
 
 
-def _sum(cells: Any) -> Cell:
-    out = Cell()
-    for c in cells:
-        for k, v in c.model_dump().items():
-            setattr(out, k, getattr(out, k) + v)
+_BUCKET_STATUSES: dict[str, list[str]] = {
+    b: [st for st, bb in _BUCKET.items() if bb == b] for b in BUCKETS
+}
+
+
+def _bucket_sums() -> list[Any]:
+    """SUM(CASE ...) per bucket, in BUCKETS order."""
+    return [
+        func.sum(case((Delivery.status.in_(_BUCKET_STATUSES[b]), 1), else_=0)) for b in BUCKETS
+    ]
+
+
+def _add(rows: Any) -> list[int]:
+    out = [0] * len(BUCKETS)
+    for row in rows:
+        for i, v in enumerate(row):
+            out[i] += int(v or 0)
     return out
+
+
+def _cell(counts: Sequence[int]) -> Cell:
+    d, p, f, e, o = (int(c or 0) for c in counts)
+    return Cell.model_construct(delivered=d, pending=p, failed=f, expired=e, other=o)
 
 
 # -- devices -------------------------------------------------------------------------------
