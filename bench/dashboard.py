@@ -188,17 +188,19 @@ def measure(*, villages: int, days: int, per_day: int, runs: int) -> dict[str, f
                     login = c.post("/api/v1/login", json={"username": who, "password": PASSWORD})
                     login.raise_for_status()
 
-                    def page(c: httpx.Client = c) -> None:
-                        r = c.get("/overview", params={"days": days})
+                    def page(c: httpx.Client = c, window: int = days) -> None:
+                        r = c.get("/overview", params={"days": window})
                         r.raise_for_status()
                         assert "各村情况" in r.text
 
                     page()  # warm: templates compiled, caches filled
                     out[f"page_{who}_ms"] = _median_ms(page, runs)
+                    if who == "county":  # the default view: the last 7 days
+                        out["page_county_7d_ms"] = _median_ms(lambda: page(window=7), runs)
             db = sqlite3.connect(str(home / "villagecast.sqlite"))
-            since = (now - timedelta(days=days)).replace(tzinfo=None).isoformat(sep=" ")
 
-            def bare() -> None:
+            def bare(window: int = days) -> None:
+                since = (now - timedelta(days=window)).replace(tzinfo=None).isoformat(sep=" ")
                 db.execute(
                     "SELECT village_id, kind, status, count(*) FROM deliveries "
                     "WHERE action = 'publish' AND notice_id IN "
@@ -209,6 +211,7 @@ def measure(*, villages: int, days: int, per_day: int, runs: int) -> dict[str, f
 
             bare()
             out["bare_ms"] = _median_ms(bare, runs)
+            out["bare_7d_ms"] = _median_ms(lambda: bare(7), runs)
             db.close()
         finally:
             server.shutdown()
@@ -234,7 +237,15 @@ def dashboard_rows(*, quick: bool) -> list[Row]:
             "< 300 ms",
         ),
         Row(
-            "  same, one township officer (scoped)",
+            "  same, default view (last 7 days), county",
+            r["page_county_7d_ms"],
+            "ms",
+            "bare SELECT count(*) GROUP BY, 7 days",
+            r["bare_7d_ms"],
+            "< 300 ms",
+        ),
+        Row(
+            "  same (30 days), one township officer (scoped)",
             r["page_t05_ms"],
             "ms",
             "bare SELECT count(*) GROUP BY",
@@ -255,11 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     r = measure(villages=args.villages, days=args.days, per_day=args.per_day, runs=args.runs)
     print(f"seeded {int(r['rows']):,} deliveries in {r['seed_s']:.1f} s")
-    for key in ("page_county_ms", "page_t05_ms"):
-        print(
-            f"{key:16} {r[key]:8.1f} ms   bare {r['bare_ms']:.1f} ms   "
-            f"ratio {r[key] / r['bare_ms']:.2f}x"
-        )
+    for key, base in (
+        ("page_county_ms", "bare_ms"),
+        ("page_county_7d_ms", "bare_7d_ms"),
+        ("page_t05_ms", "bare_ms"),
+    ):
+        print(f"{key:18} {r[key]:8.1f} ms   bare {r[base]:.1f} ms   ratio {r[key] / r[base]:.2f}x")
     return 0
 
 

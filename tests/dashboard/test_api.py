@@ -284,6 +284,49 @@ def test_withdraw_recalls_what_went_out_and_shows_it_beside_the_publish(county: 
     assert "撤回（清屏/停播/撤下）" in page
 
 
+def test_retry_refuses_a_withdrawn_publish_but_retries_a_failed_recall(county: County) -> None:
+    n, _ = county.notice("刘庄会议", {"villages": ["east-liu"]})
+    led = county.delivery(n.id, "east-liu-led")
+    tv = county.delivery(n.id, "east-liu-tv")
+    county.set_status(led.id, "delivered", sent_at=utcnow())
+    county.fail(tv.id, code="config")
+    east = county.client("east")
+    assert east.post(f"/api/v1/notices/{n.id}/withdraw", json={"reason": "x"}).status_code == 200
+    refused = east.post(f"/api/v1/deliveries/{tv.id}/retry")
+    assert refused.status_code == 409 and "不再重发" in refused.json()["detail"]
+    (recall,) = [d for d in county.store.deliveries(n.id) if d.action == "recall"]
+    county.fail(recall.id, code="mqtt_unreachable")
+    ok = east.post(f"/api/v1/deliveries/{recall.id}/retry")
+    assert ok.status_code == 200 and ok.json()["status"] == "pending"
+
+
+def test_notice_page_lists_every_revision(county: County) -> None:
+    from content_queue.models import build_notice
+    from dispatcher.service import correct_notice
+
+    old, _ = county.notice("刘庄会议", {"villages": ["east-liu"]})
+    draft = build_notice(
+        {
+            "title": "刘庄会议（更正）",
+            "body": "改在周日上午9时。",
+            "category": "meeting",
+            "targets": {"villages": ["east-liu"]},
+            "supersedes": old.id,
+            "revision": 2,
+        }
+    )
+    new, _ = correct_notice(
+        draft, store=county.store, registry=county.registry, ring=None, actor="t"
+    )
+    east = county.client("east")
+    for nid in (old.id, new.notice.id):
+        revs = east.get(f"/api/v1/notices/{nid}").json()["revisions"]
+        assert [(r["id"], r["revision"]) for r in revs] == [(old.id, 1), (new.notice.id, 2)]
+        assert [r["current"] for r in revs] == [nid == old.id, nid == new.notice.id]
+    assert east.get(f"/api/v1/notices/{old.id}").json()["state"] == "superseded"
+    assert "第 2 版" in east.get(f"/notices/{old.id}").text
+
+
 # -- pages ---------------------------------------------------------------------------------
 
 
@@ -382,14 +425,19 @@ def test_export_csv_and_xlsx_are_scoped_and_formula_safe(county: County) -> None
 def test_metrics_for_loopback_or_a_bearer_token(
     county: County, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    n, _ = county.notice("刘庄会议", {"villages": ["east-liu"]})
+    n, _ = county.notice("王庄会议", {"villages": ["east-wang"]})
     county.set_status(
-        county.delivery(n.id, "east-liu-led").id, "delivered", details={"cache_hit": True}
+        county.delivery(n.id, "east-wang-spk").id, "delivered", details={"cache_hit": True}
     )
     text = httpx.get(f"{county.web}/metrics").text
     assert 'villagecast_deliveries{action="publish",channel="tv_feed",state="pending"} 1.0' in text
+    assert 'villagecast_deliveries{action="publish",channel="speaker",state="delivered"} 1.0' in (
+        text
+    )
     assert 'villagecast_queue_depth{channel="tv_feed"} 1.0' in text
-    assert "villagecast_broker_lag_seconds" in text
+    assert 'villagecast_synthesis_deliveries{cache="hit"} 1.0' in text
+    lag = next(line for line in text.splitlines() if line.startswith("villagecast_broker_lag"))
+    assert float(lag.split()[1]) >= 0
     monkeypatch.setenv("VILLAGECAST_METRICS_TOKEN", "s3cret-token")
     assert httpx.get(f"{county.web}/metrics").status_code == 403
     ok = httpx.get(f"{county.web}/metrics", headers={"Authorization": "Bearer s3cret-token"})
