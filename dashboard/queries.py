@@ -304,9 +304,7 @@ _BUCKET_STATUSES: dict[str, list[str]] = {
 
 def _bucket_sums() -> list[Any]:
     """SUM(CASE ...) per bucket, in BUCKETS order."""
-    return [
-        func.sum(case((Delivery.status.in_(_BUCKET_STATUSES[b]), 1), else_=0)) for b in BUCKETS
-    ]
+    return [func.sum(case((Delivery.status.in_(_BUCKET_STATUSES[b]), 1), else_=0)) for b in BUCKETS]
 
 
 def _add(rows: Any) -> list[int]:
