@@ -267,11 +267,14 @@ def test_withdraw_recalls_what_went_out_and_shows_it_beside_the_publish(county: 
     led = county.delivery(n.id, "east-liu-led")
     tv = county.delivery(n.id, "east-liu-tv")
     county.set_status(led.id, "delivered", sent_at=utcnow(), delivered_at=utcnow())
+    waiting = [d.id for d in county.store.deliveries(n.id) if d.status == "pending"]
+    assert tv.id in waiting and led.id not in waiting
     east = county.client("east")
     r = east.post(f"/api/v1/notices/{n.id}/withdraw", json={"reason": "时间改了"})
     assert r.status_code == 200
     body = r.json()
-    assert body["cancelled"] == 1 and len(body["recalls"]) == 1  # tv was still pending
+    # What had not gone out is cancelled; the board that showed it gets a recall.
+    assert body["cancelled"] == len(waiting) and len(body["recalls"]) == 1
     assert county.rings.calls == [{"led": body["recalls"]}]
     detail = east.get(f"/api/v1/notices/{n.id}").json()
     assert detail["state"] == "withdrawn" and detail["can_withdraw"] is False
