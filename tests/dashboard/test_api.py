@@ -355,6 +355,16 @@ def test_overview_page_highlights_failures_and_filters(county: County) -> None:
     assert old.json()["notices"] == []
 
 
+def test_titles_are_escaped_on_every_page(county: County) -> None:
+    n, _ = county.notice("<script>alert(1)</script>", {"villages": ["east-liu"]})
+    county.fail(county.delivery(n.id, "east-liu-led").id)
+    east = county.client("east")
+    for path in ("/overview", f"/notices/{n.id}", "/failures"):
+        text = east.get(path).text
+        assert "<script>alert(1)</script>" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
 def test_devices_offline_counted_and_highlighted(county: County) -> None:
     old = utcnow() - timedelta(hours=2)
     county.store.record_presence(device_id="led-east-liu-01", state="offline", at=old)
