@@ -3,6 +3,8 @@
 ``GET /feeds/<village>.atom|.rss|.json`` serves the file the TV feed channel wrote, with
 ETag and Last-Modified; a 200 or 304 answer to a GET is recorded as a fetch, which turns
 the deliveries that were already in that file from 'sent' into 'delivered'.
+``GET /feeds/<village>/<notice>.html`` is one item's page (each item's link, and what a
+printed poster's QR code opens): only for a notice that is in that village's feed.
 ``GET /healthz`` answers ``ok``.
 """
 
@@ -21,7 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from channels.tv_feed import FEED_FORMATS, MEDIA_TYPES, feed_endpoint, feed_file, render_feed
+from channels.tv_feed import (
+    FEED_FORMATS,
+    MEDIA_TYPES,
+    feed_endpoint,
+    feed_file,
+    render_feed,
+    render_item_page,
+)
 from content_queue.errors import NotFoundError
 from content_queue.registry import ID_PATTERN, Registry
 from content_queue.settings import Settings
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 # The registry's Ident pattern: a village id never contains '/' or starts with '.'.
 _VILLAGE_ID = ID_PATTERN
 _CLIP_NAME = re.compile(r"([0-9a-f]{64})\.(mp3|amr)")
+_ITEM_PAGE = re.compile(r"/feeds/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([1-9][0-9]{0,17})\.html")
 _AUDIO_TYPES = {"mp3": "audio/mpeg", "amr": "audio/amr"}
 _NOT_FOUND = (
     "未找到（订阅源地址：/feeds/<村id>.atom、.rss 或 .json）\n"
@@ -106,6 +116,10 @@ class _FeedHandler(BaseHTTPRequestHandler):
         if path.startswith("/audio/"):
             self._audio(path.removeprefix("/audio/"), head=head)
             return
+        item = _ITEM_PAGE.fullmatch(unquote(path))
+        if item is not None:
+            self._item_page(item.group(1), int(item.group(2)), head=head)
+            return
         name = unquote(path.removeprefix("/feeds/")) if path.startswith("/feeds/") else ""
         village_id, dot, fmt = name.rpartition(".")
         if not (dot and fmt in FEED_FORMATS and _VILLAGE_ID.fullmatch(village_id)):
@@ -166,6 +180,37 @@ class _FeedHandler(BaseHTTPRequestHandler):
             log.exception("cannot record the fetch of %s.%s", endpoint.id, fmt)
             return
         log.info("%s.%s fetched (%s): %d confirmed", endpoint.id, fmt, status, confirmed)
+
+    def _item_page(self, village_id: str, notice_id: int, *, head: bool) -> None:
+        """A notice's page, only while it is in the village's feed (published there, not
+        expired): a scheduled notice never shows early, whatever id is guessed."""
+        store = self._srv.store
+        try:
+            registry = self._srv.registry_loader()
+            endpoint = feed_endpoint(registry, village_id)
+            notice = store.notice(notice_id)
+            shown = any(
+                d.endpoint_id == endpoint.id and d.action == "publish" and d.sent_at is not None
+                for d in store.deliveries(notice_id)
+            )
+        except NotFoundError:
+            self._text(404, _NOT_FOUND, head=head)
+            return
+        except Exception:
+            log.exception("cannot serve the page of notice %s", notice_id)
+            self._text(503, _UNAVAILABLE, head=head)
+            return
+        if not shown or notice.expired(utcnow()):
+            self._text(404, _NOT_FOUND, head=head)
+            return
+        body = render_item_page(notice, village_name=registry.village_name(village_id))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
 
     def _audio(self, name: str, *, head: bool) -> None:
         """Synthesized clips, public, named by the SHA-256 of their content (immutable)."""
