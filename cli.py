@@ -1776,16 +1776,14 @@ def template_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
 
     zh = current_lang() == "zh"
     table = Table()
-    for zh_name, en_name in (
-        ("模板", "template"),
-        ("名称", "name"),
-        ("类别", "category"),
-        ("说明", "summary"),
-    ):
-        table.add_column(zh_name if zh else en_name, overflow="fold")
+    table.add_column("模板" if zh else "template", no_wrap=True)
+    table.add_column("名称（类别）" if zh else "name (category)", overflow="fold")
+    table.add_column("说明" if zh else "summary", overflow="fold")
     for t in TEMPLATES.values():
         table.add_row(
-            t.name, t.label.render(), _label(CATEGORY_LABELS, t.category), t.summary.render()
+            t.name,
+            f"{t.label.render()}（{_label(CATEGORY_LABELS, t.category)}）",
+            t.summary.render(),
         )
     Console().print(table)
     typer.echo(
@@ -2093,35 +2091,47 @@ def disclosure_calendar(
     if not rows:
         typer.echo(tr("所有村的必需公开都已按时完成", "every required disclosure is done").render())
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    zh = current_lang() == "zh"
-    table = Table()
-    for zh_name, en_name in (
-        ("乡镇", "township"),
-        ("村", "village"),
-        ("类别", "category"),
-        ("要求", "rule"),
-        ("截止", "due"),
-        ("状态", "state"),
-        ("本期公开", "this window"),
-        ("上次公开", "last"),
-    ):
-        table.add_column(zh_name if zh else en_name, overflow="fold")
     colour = {"overdue": "red", "due": "yellow", "done": "green"}
     for r in rows:
-        table.add_row(
-            r.township_name,
-            r.village_name,
-            r.category_label.render(),
-            rule_text(r.rule).render(),
-            r.due.isoformat(),
-            f"[{colour[r.state]}]{r.state_text().render()}[/]",
-            f"#{r.notice_id} {_ts(r.published_at)[:10]}" if r.notice_id else "-",
-            f"#{r.last_notice_id} {_ts(r.last_published_at)[:10]}" if r.last_notice_id else "-",
+        last = (
+            tr(
+                "上次公开：#{id}（{t}）",
+                "last: #{id} ({t})",
+                id=r.last_notice_id,
+                t=_ts(r.last_published_at)[:10],
+            )
+            if r.last_notice_id and r.last_notice_id != r.notice_id
+            else tr("从未公开", "never disclosed")
+            if not r.last_notice_id
+            else ""
         )
-    Console().print(table)
+        typer.secho(
+            tr(
+                "{state}  {township} {village}  {cat}  {rule}，截止 {due}{done}  {last}",
+                "{state}  {township} {village}  {cat}  {rule}, due {due}{done}  {last}",
+                state=r.state_text(),
+                township=r.township_name,
+                village=r.village_name,
+                cat=r.category_label,
+                rule=rule_text(r.rule),
+                due=r.due.isoformat(),
+                done=tr("，已公开 #{id}", ", done: #{id}", id=r.notice_id) if r.notice_id else "",
+                last=last,
+            )
+            .render()
+            .rstrip(),
+            fg=colour[r.state],
+        )
+    overdue = sum(1 for r in rows if r.state == "overdue")
+    due = sum(1 for r in rows if r.state == "due")
+    typer.echo(
+        tr(
+            "共 {o} 项逾期，{d} 项待公开",
+            "{o} overdue, {d} due",
+            o=overdue,
+            d=due,
+        ).render()
+    )
 
 
 def main() -> None:

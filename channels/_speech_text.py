@@ -708,7 +708,7 @@ def table_sentences(table: Mapping[str, Any], *, max_rows: int = 50) -> list[str
         return sentences + _finance_sentences(columns, rows, max_rows)
     headers = [_split_header(c) for c in columns]
     for row in rows[:max_rows]:
-        cells = []
+        cells: list[str] = []
         for (name, unit), cell in zip(headers, row, strict=False):
             if not cell.strip():
                 continue

@@ -102,7 +102,7 @@ def rule_text(rule: Cadence) -> Text:
     day = (
         tr("月底", "the end of the month")
         if rule.due_day >= 31
-        else tr("{d} 日", "day {d}", d=rule.due_day)
+        else tr(" {d} 日", "day {d}", d=rule.due_day)
     )
     if rule.months is not None:
         months = "、".join(str(m) for m in rule.window_months())

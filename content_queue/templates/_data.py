@@ -179,7 +179,9 @@ def _lookup(specs: Sequence[Spec]) -> dict[str, Spec]:
 
 def _unknown(kind: Text, name: str, specs: Sequence[Spec]) -> Text:
     labels = [s.label for s in specs]
-    close = difflib.get_close_matches(name, labels, n=1, cutoff=0.5)
+    by_name = {n: s.label for s in specs for n in s.names()}
+    match = difflib.get_close_matches(norm_name(name), list(by_name), n=1, cutoff=0.5)
+    close = [by_name[match[0]]] if match else []
     return tr(
         "未知的{k}“{v}”，可用的{k}：{allowed}{hint}",
         "unknown {k} '{v}'; the {k}s are: {allowed}{hint}",
