@@ -309,8 +309,10 @@ def notice_add(
         typer.Option(
             "--channel",
             help=h(
-                "只发这些渠道：wecom_group, wechat_official_account, led, speaker, tv_feed",
-                "only these channels: wecom_group, wechat_official_account, led, speaker, tv_feed",
+                "只发这些渠道：wecom_group, wechat_official_account, led, speaker, tv_feed, "
+                "bulletin",
+                "only these channels: wecom_group, wechat_official_account, led, speaker, "
+                "tv_feed, bulletin",
             ),
         ),
     ] = None,
