@@ -139,7 +139,12 @@ audit_app = _typer("审计日志：查看和校验", "the audit log: show and ve
 users_app = _typer(
     "监控页面的账号（乡镇、县、村）", "dashboard accounts (township, county, village)"
 )
+template_app = _typer(
+    "公开模板：村级财务、惠农补贴、防返贫监测、征地补偿、会议、应急预警",
+    "disclosure templates: finance, subsidies, monitoring, land, meetings, warnings",
+)
 app.add_typer(notice_app, name="notice")
+app.add_typer(template_app, name="template")
 app.add_typer(audit_app, name="audit")
 app.add_typer(devices_app, name="devices")
 app.add_typer(keys_app, name="keys")
@@ -271,9 +276,9 @@ def notice_json(n: NoticeView) -> dict[str, Any]:
 
 @notice_app.command("add", help=h("录入一条通知并发往所有渠道", "queue a notice for every channel"))
 def notice_add(
-    title: Annotated[str, typer.Option("--title", help=h("标题", "title"))],
+    title: Annotated[str | None, typer.Option("--title", help=h("标题", "title"))] = None,
     category: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--category",
             help=h(
@@ -284,7 +289,7 @@ def notice_add(
                 "land_compensation, party_affairs, village_affairs, meeting, emergency, other",
             ),
         ),
-    ],
+    ] = None,
     body: Annotated[str | None, typer.Option("--body", help=h("正文", "body text"))] = None,
     body_file: Annotated[
         Path | None,
@@ -308,18 +313,23 @@ def notice_add(
         typer.Option(
             "--channel",
             help=h(
-                "只发这些渠道：wecom_group, wechat_official_account, led, speaker, tv_feed",
-                "only these channels: wecom_group, wechat_official_account, led, speaker, tv_feed",
+                "只发这些渠道：wecom_group, wechat_official_account, led, speaker, tv_feed, "
+                "bulletin",
+                "only these channels: wecom_group, wechat_official_account, led, speaker, "
+                "tv_feed, bulletin",
             ),
         ),
     ] = None,
     priority: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--priority",
-            help=h("routine 普通, important 重要, emergency 紧急", "routine, important, emergency"),
+            help=h(
+                "routine 普通（默认）, important 重要, emergency 紧急",
+                "routine (default), important, emergency",
+            ),
         ),
-    ] = "routine",
+    ] = None,
     publish_at: Annotated[
         str | None,
         typer.Option(
@@ -362,39 +372,97 @@ def notice_add(
             ),
         ),
     ] = False,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            "--template",
+            help=h(
+                "用模板填写标题、正文、类别和表格（villagecast template list 查看）",
+                "fill title, body, category and table from a template (see template list)",
+            ),
+        ),
+    ] = None,
+    data_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help=h("模板的数据文件（CSV 或 XLSX）", "the template's data (CSV or XLSX)")
+        ),
+    ] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--field",
+            help=h("模板字段：名称=值（可重复）", "a template field: NAME=VALUE (repeatable)"),
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help=h("输出 JSON", "print JSON"))] = False,
 ) -> None:
     from content_queue.errors import NoticeError
     from content_queue.models import build_notice
     from dispatcher.service import registry_cache, submit_notice
 
-    if (body is None) == (body_file is None):
+    if body is not None and body_file is not None:
         raise NoticeError(
             tr(
-                "请用 --body 或 --body-file 给出正文（二选一）",
-                "give the body with --body or --body-file (one of them)",
+                "--body 和 --body-file 只能用一个",
+                "give the body with --body or --body-file, not both",
             )
         )
+    if template is None and (data_file is not None or field):
+        raise NoticeError(
+            tr("--data 和 --field 要和 --template 一起用", "--data and --field need --template")
+        )
+    targets = {"villages": village or [], "townships": township or [], "county": county}
+    settings = _settings()
+    registry = registry_cache.get(settings.devices) if template is not None else None
+    filled: dict[str, Any] = {}
+    template_warnings: list[Any] = []
+    if template is not None:
+        assert registry is not None
+        result = _fill_template(template, data_file, field or [], registry, targets)
+        filled, template_warnings = result.notice_fields(), list(result.warnings)
     if body_file is not None:
         body = _read_text(body_file)
+    for opt, value in (("--title", title), ("--category", category)):
+        if value is None and opt.removeprefix("--") not in filled:
+            raise NoticeError(
+                tr(
+                    "缺少选项 {opt}（或用 --template 从模板填写）",
+                    "Missing option '{opt}' (or fill it from a --template)",
+                    opt=opt,
+                )
+            )
+    if body is None and "body" not in filled:
+        raise NoticeError(
+            tr(
+                "请用 --body 或 --body-file 给出正文（二选一），或用 --template 从模板填写",
+                "give the body with --body or --body-file (one of them), or fill it from a "
+                "--template",
+            )
+        )
     data: dict[str, Any] = {
+        **filled,
+        "targets": targets,
+        "channels": channel or None,
+        "author": author or os.environ.get("USER", ""),
+        "personal_data": "mask" if mask_personal_data else "block",
+    }
+    overrides: dict[str, Any] = {
         "title": title,
         "body": body,
         "category": category,
         "priority": priority,
-        "targets": {"villages": village or [], "townships": township or [], "county": county},
-        "channels": channel or None,
         "publish_at": _parse_time(publish_at, "--publish-at"),
         "expires_at": _parse_time(expires_at, "--expires-at"),
-        "author": author or os.environ.get("USER", ""),
-        "personal_data": "mask" if mask_personal_data else "block",
     }
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    data.setdefault("priority", "routine")
     if table_file is not None:
         data["table"] = _read_table(table_file)
     data = {k: v for k, v in data.items() if v is not None}
     draft = build_notice(data)
-    settings = _settings()
-    registry = registry_cache.get(settings.devices)
+    if registry is None:
+        registry = registry_cache.get(settings.devices)
     store = _store(settings)
     submitted = submit_notice(draft, store=store, registry=registry, ring=_ringer(settings))
     n = submitted.notice
@@ -402,14 +470,17 @@ def notice_add(
         _echo_json(
             {
                 **notice_json(n),
+                "template": template,
                 "deliveries": len(submitted.deliveries),
                 "queued": submitted.rung,
-                "warnings": [w.render() for w in submitted.warnings],
+                "warnings": [w.render() for w in [*template_warnings, *submitted.warnings]],
             }
         )
         return
     if not as_json:
         _print_submitted(submitted)
+        for w in template_warnings:
+            typer.secho(w.render(), fg="yellow")
     if wait:
         _wait(store, n.id, timeout=timeout, quiet=as_json)
         if as_json:
@@ -1857,6 +1928,420 @@ def demo(
     from dispatcher.demo import run_demo
 
     raise typer.Exit(run_demo(home=home, devices=devices))
+
+
+# -- templates, posters, the disclosure calendar -------------------------------------------
+
+
+def _template_place(registry: Any, targets: dict[str, Any]) -> str:
+    """The name a templated notice speaks for: its one village, its one township, or the
+    county."""
+    villages, townships = targets["villages"], targets["townships"]
+    if len(villages) == 1 and not townships and not targets["county"]:
+        return str(registry.village_name(villages[0]))
+    if len(townships) == 1 and not villages and not targets["county"]:
+        township = registry.townships.get(townships[0])
+        if township is not None:
+            return str(township.name)
+    return str(registry.doc.county.name)
+
+
+def _fill_template(
+    name: str, data_file: Path | None, fields: list[str], registry: Any, targets: dict[str, Any]
+) -> Any:
+    from content_queue.models import local_tz
+    from content_queue.templates import fill_template, get_template
+
+    return fill_template(
+        get_template(name),
+        data_file=data_file,
+        fields=fields,
+        place=_template_place(registry, targets),
+        now=datetime.now(local_tz()),
+    )
+
+
+@template_app.command("list", help=h("列出全部模板", "list the templates"))
+def template_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    from content_queue.models import CATEGORY_LABELS
+    from content_queue.templates import TEMPLATES
+
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "name": t.name,
+                    "label": t.label.render(),
+                    "category": t.category.value,
+                    "summary": t.summary.render(),
+                    "fields": [f.label for f in t.fields],
+                    "columns": [c.label for c in t.columns],
+                }
+                for t in TEMPLATES.values()
+            ]
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    zh = current_lang() == "zh"
+    table = Table()
+    table.add_column("模板" if zh else "template", no_wrap=True)
+    table.add_column("名称（类别）" if zh else "name (category)", overflow="fold")
+    table.add_column("说明" if zh else "summary", overflow="fold")
+    for t in TEMPLATES.values():
+        table.add_row(
+            t.name,
+            f"{t.label.render()}（{_label(CATEGORY_LABELS, t.category)}）",
+            t.summary.render(),
+        )
+    Console().print(table)
+    typer.echo(
+        tr(
+            "查看字段、示例数据和预览：villagecast template show 模板",
+            "fields, an example data file and a preview: villagecast template show NAME",
+        ).render()
+    )
+
+
+def _write_example(template: Any, path: Path) -> None:
+    import csv
+    import io
+
+    text = template.example_csv()
+    if path.suffix.lower() == ".xlsx":
+        from openpyxl import Workbook
+
+        wb = Workbook()
+        ws = wb.active
+        for row in csv.reader(io.StringIO(text)):
+            ws.append(row)
+        wb.save(path)
+    else:
+        path.write_text(text, encoding="utf-8-sig")  # the BOM makes Excel read UTF-8
+
+
+@template_app.command(
+    "show",
+    help=h(
+        "模板的字段、示例数据文件和预览（可用 --data 预览自己的数据，不会保存）",
+        "a template's fields, an example data file and a preview (--data previews your own "
+        "data; nothing is saved)",
+    ),
+)
+def template_show(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    data_file: Annotated[
+        Path | None,
+        typer.Option("--data", help=h("用这个数据文件预览", "preview with this data file")),
+    ] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option("--field", help=h("字段：名称=值（可重复）", "NAME=VALUE (repeatable)")),
+    ] = None,
+    village: Annotated[
+        str | None, typer.Option("--village", help=h("以这个村的名义预览", "preview for a village"))
+    ] = None,
+    example: Annotated[
+        bool,
+        typer.Option(
+            "--example", help=h("只输出示例数据文件（CSV）", "print only the example CSV")
+        ),
+    ] = False,
+    write_example: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-example",
+            help=h("把示例数据写成文件（.csv 或 .xlsx）", "write the example data (.csv or .xlsx)"),
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    import csv
+    import io
+
+    from channels._speech_text import spoken_script
+    from content_queue.models import local_tz
+    from content_queue.templates import get_template
+    from content_queue.templates._data import apply_fields, rows_to_data
+
+    template = get_template(name)
+    example_csv = template.example_csv()
+    if example:
+        typer.echo(example_csv, nl=False)
+        return
+    if write_example is not None:
+        _write_example(template, write_example)
+        typer.echo(tr("已写入 {p}", "wrote {p}", p=write_example).render())
+        return
+    place = "示例村"
+    if village is not None:
+        from dispatcher.service import registry_cache
+
+        registry = registry_cache.get(_settings().devices)
+        registry.resolve_villages(villages=[village])
+        place = registry.village_name(village)
+    if data_file is not None or field:
+        from content_queue.templates import load_template_data
+
+        data = load_template_data(template, data_file=data_file, fields=field or [])
+    else:
+        rows = list(enumerate(csv.reader(io.StringIO(example_csv)), start=1))
+        data = apply_fields(rows_to_data(rows, template, source="example.csv"), [], template)
+    filled = template.fill(data, place=place, now=datetime.now(local_tz()))
+    table = filled.table.model_dump() if filled.table else None
+    spoken = spoken_script(
+        title=filled.title,
+        body=filled.body,
+        category=filled.category.value,
+        priority=filled.priority.value,
+        table=table,
+    )
+    specs: list[dict[str, Any]] = [
+        {
+            "name": s.label,
+            "key": s.key,
+            "required": s.required,
+            "help": s.help.render(),
+            "aliases": list(s.aliases),
+            "masked": s.mask,
+        }
+        for s in (*template.fields, *template.columns)
+    ]
+    if as_json:
+        _echo_json(
+            {
+                "name": template.name,
+                "label": template.label.render(),
+                "category": template.category.value,
+                "fields": specs[: len(template.fields)],
+                "columns": specs[len(template.fields) :],
+                "example": example_csv,
+                "preview": {
+                    **filled.notice_fields(),
+                    "spoken": spoken,
+                    "warnings": [w.render() for w in filled.warnings],
+                },
+            }
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    zh = current_lang() == "zh"
+    typer.echo(f"{template.name}：{template.label.render()}")
+    typer.echo(template.summary.render())
+    for title_zh, title_en, group in (
+        (
+            "字段（写在数据文件开头：名称,值；或 --field 名称=值）",
+            "fields (NAME,VALUE lines at the top of the data file, or --field NAME=VALUE)",
+            specs[: len(template.fields)],
+        ),
+        (
+            "表格的列（表头可用名称或别名）",
+            "table columns (header names or aliases)",
+            specs[len(template.fields) :],
+        ),
+    ):
+        if not group:
+            continue
+        t = Table(title=title_zh if zh else title_en, title_justify="left")
+        for zh_name, en_name in (
+            ("名称", "name"),
+            ("必填", "required"),
+            ("说明", "help"),
+            ("别名", "aliases"),
+        ):
+            t.add_column(zh_name if zh else en_name, overflow="fold")
+        for spec in group:
+            t.add_row(
+                str(spec["name"]),
+                ("是" if zh else "yes") if spec["required"] else "",
+                str(spec["help"]),
+                "、".join(spec["aliases"]),
+            )
+        console.print(t)
+    typer.echo("")
+    typer.echo(tr("示例数据文件（CSV）：", "example data file (CSV):").render())
+    typer.echo(example_csv)
+    typer.echo(tr("预览：", "preview:").render())
+    typer.echo(f"  {filled.title}")
+    for line in filled.body.split("\n"):
+        typer.echo(f"  {line}")
+    if table:
+        t = Table(title=table.get("caption"))
+        for col in table["columns"]:
+            t.add_column(col, overflow="fold")
+        for row in table["rows"]:
+            t.add_row(*row)
+        console.print(t)
+    typer.echo(tr("广播稿：", "spoken by loudspeakers:").render())
+    typer.echo(f"  {spoken}")
+    for w in filled.warnings:
+        typer.secho(w.render(), fg="yellow")
+
+
+@notice_app.command(
+    "print",
+    help=h(
+        "把通知生成三务公开栏海报（PDF，含二维码）",
+        "render a notice as a disclosure-board poster (PDF with a QR code)",
+    ),
+)
+def notice_print(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    size: Annotated[
+        str, typer.Option("--size", help=h("纸张：A4 或 A3", "paper: A4 or A3"))
+    ] = "A4",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help=h("输出文件（默认当前目录；- 表示标准输出）", "output file (- for stdout)"),
+        ),
+    ] = None,
+    village: Annotated[
+        str | None,
+        typer.Option("--village", help=h("发往多个村时选一个村", "which village, if several")),
+    ] = None,
+) -> None:
+    from channels.bulletin import poster_file, render_notice_poster
+    from content_queue.errors import NoticeError
+    from dispatcher.service import registry_cache
+
+    paper = size.upper()
+    if paper not in ("A4", "A3"):
+        raise typer.BadParameter(h("只能是 A4 或 A3", "must be A4 or A3"), param_hint="--size")
+    settings = _settings()
+    store = _store(settings)
+    registry = registry_cache.get(settings.devices)
+    n = store.notice(notice_id)
+    targets = n.targets
+    villages = registry.resolve_villages(
+        villages=[v for v in targets.get("villages", []) if v in registry.villages],
+        townships=[t for t in targets.get("townships", []) if t in registry.townships],
+        county=bool(targets.get("county")),
+    )
+    if village is None:
+        if len(villages) != 1:
+            raise NoticeError(
+                tr(
+                    "通知 {id} 发往 {n} 个村，请用 --village 选一个：{ids}",
+                    "notice {id} goes to {n} villages; choose one with --village: {ids}",
+                    id=n.id,
+                    n=len(villages),
+                    ids=", ".join(villages[:20]) + (" …" if len(villages) > 20 else ""),
+                )
+            )
+        village = villages[0]
+    elif village not in villages:
+        raise NoticeError(
+            tr(
+                "通知 {id} 没有发往 {v}",
+                "notice {id} does not go to {v}",
+                id=n.id,
+                v=village,
+            )
+        )
+    poster = render_notice_poster(
+        n, village_id=village, registry=registry, settings=settings, store=store, paper=paper
+    )
+    if out is not None and str(out) == "-":
+        sys.stdout.buffer.write(poster.data)
+        sys.stdout.buffer.flush()
+        return
+    path = out or Path(poster_file(village, n, withdrawn=n.state != "active"))
+    path.write_bytes(poster.data)
+    typer.echo(
+        tr(
+            "已生成海报 {p}（{paper}，{pages} 页）",
+            "wrote the poster {p} ({paper}, {pages} page(s))",
+            p=path,
+            paper=paper,
+            pages=poster.pages,
+        ).render()
+    )
+
+
+@app.command(
+    "calendar",
+    help=h(
+        "公开日历：哪些村哪类公开到期或逾期",
+        "the disclosure calendar: which villages are due or overdue with what",
+    ),
+)
+def disclosure_calendar(
+    village: Annotated[
+        list[str] | None, typer.Option("--village", help=h("只看这些村", "only these villages"))
+    ] = None,
+    township: Annotated[
+        list[str] | None,
+        typer.Option("--township", help=h("只看这些乡镇", "only these townships")),
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help=h("也列出已按时公开的", "also list what is done"))
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    from dispatcher.calendar import disclosure_status, rule_text
+    from dispatcher.service import registry_cache
+
+    settings = _settings()
+    registry = registry_cache.get(settings.devices)
+    chosen = None
+    if village or township:
+        chosen = registry.resolve_villages(villages=village or [], townships=township or [])
+    rows = disclosure_status(_store(settings), registry, villages=chosen)
+    if not show_all:
+        rows = [r for r in rows if r.state != "done"]
+    if as_json:
+        _echo_json([r.to_json() for r in rows])
+        return
+    if not rows:
+        typer.echo(tr("所有村的必需公开都已按时完成", "every required disclosure is done").render())
+        return
+    colour = {"overdue": "red", "due": "yellow", "done": "green"}
+    for r in rows:
+        last = (
+            tr(
+                "上次公开：#{id}（{t}）",
+                "last: #{id} ({t})",
+                id=r.last_notice_id,
+                t=_ts(r.last_published_at)[:10],
+            )
+            if r.last_notice_id and r.last_notice_id != r.notice_id
+            else tr("从未公开", "never disclosed")
+            if not r.last_notice_id
+            else ""
+        )
+        typer.secho(
+            tr(
+                "{state}  {township} {village}  {cat}  {rule}，截止 {due}{done}  {last}",
+                "{state}  {township} {village}  {cat}  {rule}, due {due}{done}  {last}",
+                state=r.state_text(),
+                township=r.township_name,
+                village=r.village_name,
+                cat=r.category_label,
+                rule=rule_text(r.rule),
+                due=r.due.isoformat(),
+                done=tr("，已公开 #{id}", ", done: #{id}", id=r.notice_id) if r.notice_id else "",
+                last=last,
+            )
+            .render()
+            .rstrip(),
+            fg=colour[r.state],
+        )
+    overdue = sum(1 for r in rows if r.state == "overdue")
+    due = sum(1 for r in rows if r.state == "due")
+    typer.echo(
+        tr(
+            "共 {o} 项逾期，{d} 项待公开",
+            "{o} overdue, {d} due",
+            o=overdue,
+            d=due,
+        ).render()
+    )
 
 
 def main() -> None:

@@ -708,9 +708,12 @@ def table_sentences(table: Mapping[str, Any], *, max_rows: int = 50) -> list[str
         return sentences + _finance_sentences(columns, rows, max_rows)
     headers = [_split_header(c) for c in columns]
     for row in rows[:max_rows]:
-        cells = []
+        cells: list[str] = []
         for (name, unit), cell in zip(headers, row, strict=False):
             if not cell.strip():
+                continue
+            if not cells and _TOTAL_ROW.match(cell):
+                cells.append(cell.strip())  # "合计，金额：…", not "户主：合计"
                 continue
             if unit and re.fullmatch(_NUM, cell.strip().replace("，", ",")):
                 cell = cell.strip() + unit

@@ -242,6 +242,7 @@ _BUILTIN: dict[str, str] = {
     "speaker": "channels.speaker:SpeakerChannel",
     "wecom_group": "channels.wecom_group:WecomGroupChannel",
     "wechat_official_account": "channels.wechat_official_account:OfficialAccountChannel",
+    "bulletin": "channels.bulletin:BulletinChannel",
 }
 _registered: dict[str, type[Channel]] = {}
 _instances: dict[str, Channel] = {}

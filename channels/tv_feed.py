@@ -69,8 +69,10 @@ __all__ = [
     "entry_id",
     "feed_endpoint",
     "feed_file",
+    "item_url",
     "publish_feed",
     "render_feed",
+    "render_item_page",
     "village_feed",
 ]
 
@@ -95,6 +97,12 @@ def entry_id(notice_id: int) -> str:
     return f"urn:villagecast:notice:{notice_id}"
 
 
+def item_url(base_url: str, village_id: str, notice_id: int) -> str:
+    """The web page of one feed item (served by dispatcher.feed_server): each item's link,
+    and what the QR code on a printed disclosure poster opens."""
+    return f"{base_url.rstrip('/')}/feeds/{village_id}/{notice_id}.html"
+
+
 def feed_file(settings: Settings, endpoint_id: str, fmt: str) -> Path:
     return settings.feeds_dir / f"{endpoint_id}.{_format(fmt)}"
 
@@ -117,6 +125,7 @@ def _format(fmt: str) -> FeedFormat:
 @dataclass(frozen=True)
 class _Item:
     id: str
+    url: str
     notice: NoticeView
     title: str
     text: str
@@ -155,7 +164,9 @@ def _html_body(body: str, table: dict[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
-def _items(entries: Sequence[tuple[NoticeView, DeliveryView]], now: datetime) -> list[_Item]:
+def _items(
+    entries: Sequence[tuple[NoticeView, DeliveryView]], now: datetime, *, base: str, village_id: str
+) -> list[_Item]:
     items = []
     notices = sorted((n for n, _ in entries), key=lambda n: (n.publish_at, n.id), reverse=True)
     for n in notices:
@@ -165,6 +176,7 @@ def _items(entries: Sequence[tuple[NoticeView, DeliveryView]], now: datetime) ->
         items.append(
             _Item(
                 id=entry_id(n.id),
+                url=item_url(base, village_id, n.id),
                 notice=n,
                 title=(_WITHDRAWN_PREFIX + n.title) if withdrawn else n.title,
                 text=_WITHDRAWN_TEXT if withdrawn else n.body,
@@ -207,8 +219,8 @@ def render_feed(
     an item titled 【已撤回】 in RSS and JSON Feed.
     """
     kind = _format(fmt)
-    items = _items(entries, now)
     base = base_url.rstrip("/")
+    items = _items(entries, now, base=base, village_id=village_id)
     meta = {
         "title": f"{village_name} 村务公开",
         "description": f"{village_name}村务公开通知（数字电视公开平台订阅源）",
@@ -227,6 +239,38 @@ def render_feed(
     return _render_xml(items, meta, updated, kind, _local(now))
 
 
+_PAGE_STYLE = (
+    "body{font-family:sans-serif;max-width:46em;margin:1em auto;padding:0 1em;line-height:1.6}"
+    "table{border-collapse:collapse;width:100%}td,th{border:1px solid #999;padding:.2em .4em}"
+    ".meta{color:#555}.withdrawn{color:#b00;font-weight:bold}"
+)
+
+
+def render_item_page(notice: NoticeView, *, village_name: str) -> bytes:
+    """One feed item as a small web page (what a poster's QR code opens on a phone).
+
+    A withdrawn or superseded notice shows only that it was withdrawn, like the feeds."""
+    esc = html.escape
+    withdrawn = notice.state != "active"
+    title = (_WITHDRAWN_PREFIX + notice.title) if withdrawn else notice.title
+    published = _local(notice.publish_at).strftime("%Y-%m-%d %H:%M")
+    meta = f"{esc(village_name)} · {esc(_category_label(notice.category))} · {published}"
+    if notice.revision > 1:
+        meta += f" · 第 {notice.revision} 版"
+    content = (
+        f'<p class="withdrawn">{_WITHDRAWN_TEXT}</p>'
+        if withdrawn
+        else _html_body(notice.body, notice.table)
+    )
+    page = (
+        '<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{_PAGE_STYLE}</style></head>\n"
+        f'<body><h1>{esc(title)}</h1><p class="meta">{meta}</p>\n{content}\n</body></html>\n'
+    )
+    return page.encode("utf-8")
+
+
 def _render_json(items: list[_Item], meta: dict[str, str], updated: datetime) -> bytes:
     doc: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
@@ -240,6 +284,7 @@ def _render_json(items: list[_Item], meta: dict[str, str], updated: datetime) ->
         "items": [
             {
                 "id": i.id,
+                "url": i.url,
                 "title": i.title,
                 "content_text": i.text,
                 "content_html": i.html,
@@ -284,6 +329,7 @@ def _render_xml(
         fe = fg.add_entry(order="append")
         fe.id(i.id)
         fe.title(i.title)
+        fe.link(href=i.url, rel="alternate", type="text/html")
         fe.summary(i.text)
         fe.content(i.html, type="html")
         fe.category(term=i.notice.category, label=i.category_label, scheme=_CATEGORY_SCHEME)

@@ -598,6 +598,14 @@ def _wrong_value(err: ErrorDetails, field: str, raw: str | None) -> Text:
             "published article reaches every follower, so delete village_tags or set "
             "mode: mass_send",
         )
+    if kind == "vc_cadence":
+        return tr(
+            "{k} 要么写 every（month 每月、quarter 每季度、half_year 每半年、year 每年），"
+            "要么写 months（如 [3, 9]），二者选一；不要求公开请写 enabled: false",
+            "{k} needs either every (month, quarter, half_year, year) or months (e.g. [3, 9]), "
+            "not both; to drop the requirement write enabled: false",
+            k=name,
+        )
     return tr("{k}：{msg}", "{k}: {msg}", k=name, msg=err["msg"])
 
 

@@ -20,9 +20,14 @@ from content_queue.errors import NoticeError
 from content_queue.i18n import tr
 
 __all__ = [
+    "CALENDAR_CATEGORIES",
+    "DEFAULT_CALENDAR",
     "ENDPOINT_KINDS",
     "ID_PATTERN",
+    "BulletinEndpoint",
+    "Cadence",
     "County",
+    "DisclosureCalendar",
     "Endpoint",
     "EndpointKind",
     "LedEndpoint",
@@ -40,13 +45,16 @@ __all__ = [
     "load_registry",
 ]
 
-EndpointKind = Literal["wecom_group", "wechat_official_account", "led", "speaker", "tv_feed"]
+EndpointKind = Literal[
+    "wecom_group", "wechat_official_account", "led", "speaker", "tv_feed", "bulletin"
+]
 ENDPOINT_KINDS: tuple[EndpointKind, ...] = (
     "wecom_group",
     "wechat_official_account",
     "led",
     "speaker",
     "tv_feed",
+    "bulletin",
 )
 
 Ident = Annotated[
@@ -145,10 +153,95 @@ class TvFeedEndpoint(_EndpointBase):
         return self
 
 
+class BulletinEndpoint(_EndpointBase):
+    """The village's disclosure board (三务公开栏): posters written as PDFs to a print folder."""
+
+    kind: Literal["bulletin"]
+    folder: str | None = Field(default=None, min_length=1)
+    """Where the PDFs go (a printer's hot folder, a shared folder): absolute, or relative to
+    the data directory; default ``<home>/bulletin/<endpoint id>``."""
+    paper: Literal["A4", "A3"] = "A4"
+
+
 Endpoint = Annotated[
-    WecomGroupEndpoint | LedEndpoint | SpeakerEndpoint | TvFeedEndpoint,
+    WecomGroupEndpoint | LedEndpoint | SpeakerEndpoint | TvFeedEndpoint | BulletinEndpoint,
     Field(discriminator="kind"),
 ]
+
+# -- the disclosure calendar ---------------------------------------------------------------
+
+CALENDAR_CATEGORIES: tuple[str, ...] = (
+    "village_finance",
+    "farm_subsidy",
+    "poverty_monitoring",
+    "social_insurance",
+    "land_compensation",
+    "party_affairs",
+    "village_affairs",
+)
+"""Notice categories that can have a required cadence (content_queue.models.Category)."""
+
+_WINDOW_MONTHS: dict[str, tuple[int, ...]] = {
+    "month": tuple(range(1, 13)),
+    "quarter": (1, 4, 7, 10),
+    "half_year": (1, 7),
+    "year": (1,),
+}
+
+
+class Cadence(_Model):
+    """How often a category must be disclosed: in each window (a month, a quarter, or the
+    configured months) a notice of that category must go out by ``due_day`` of the
+    window's first month (village finance: every month by the 10th, for the month before)."""
+
+    every: Literal["month", "quarter", "half_year", "year"] | None = None
+    months: list[Annotated[int, Field(ge=1, le=12)]] | None = None
+    """Only these months open a window (farm subsidies paid in spring and autumn: [3, 9])."""
+    due_day: int = Field(default=10, ge=1, le=31)
+    """Day of the window's first month by which the notice is due (31 = the month's last day)."""
+    enabled: bool = True
+    """false turns off a default or county-wide requirement for one village."""
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Cadence:
+        if self.enabled and (self.every is None) == (self.months is None):
+            raise PydanticCustomError(
+                "vc_cadence", "give either every (month, quarter, half_year, year) or months"
+            )
+        if self.months is not None and not self.months:
+            raise PydanticCustomError("vc_cadence", "months must list at least one month")
+        return self
+
+    def window_months(self) -> tuple[int, ...]:
+        """The months (1-12) in which a window opens."""
+        if self.months is not None:
+            return tuple(sorted(set(self.months)))
+        return _WINDOW_MONTHS[self.every or "month"]
+
+
+class DisclosureCalendar(_Model):
+    """Required cadence per category; a category not named keeps the default (or none)."""
+
+    village_finance: Cadence | None = None
+    farm_subsidy: Cadence | None = None
+    poverty_monitoring: Cadence | None = None
+    social_insurance: Cadence | None = None
+    land_compensation: Cadence | None = None
+    party_affairs: Cadence | None = None
+    village_affairs: Cadence | None = None
+
+    def rules(self) -> dict[str, Cadence]:
+        return {c: r for c in CALENDAR_CATEGORIES if (r := getattr(self, c)) is not None}
+
+
+DEFAULT_CALENDAR: dict[str, Cadence] = {
+    # 三务公开: finance monthly (by the 10th, for the month before); party and village
+    # affairs at least quarterly. Subsidy and monitoring lists follow local payment and
+    # review dates, so they are required only where devices.yaml says when.
+    "village_finance": Cadence(every="month", due_day=10),
+    "party_affairs": Cadence(every="quarter", due_day=15),
+    "village_affairs": Cadence(every="quarter", due_day=15),
+}
 
 
 class OfficialAccountEndpoint(_EndpointBase):
@@ -192,6 +285,8 @@ class Village(_Model):
     ] = None
     quiet_hours: QuietHours | None = None
     voice: str | None = None
+    calendar: DisclosureCalendar | None = None
+    """Overrides of the county's disclosure calendar for this village, per category."""
     endpoints: list[Endpoint] = Field(default_factory=list)
 
 
@@ -215,6 +310,8 @@ class RegistryFile(_Model):
     version: Literal[1]
     county: County
     defaults: VillageDefaults = VillageDefaults()
+    calendar: DisclosureCalendar | None = None
+    """The county's disclosure calendar (on top of DEFAULT_CALENDAR); villages may override."""
     townships: list[Township] = Field(min_length=1)
     official_accounts: list[OfficialAccountEndpoint] = Field(default_factory=list)
 
@@ -230,7 +327,9 @@ class Target:
     township_id: str | None
 
 
-_ANY_ENDPOINT = WecomGroupEndpoint | LedEndpoint | SpeakerEndpoint | TvFeedEndpoint
+_ANY_ENDPOINT = (
+    WecomGroupEndpoint | LedEndpoint | SpeakerEndpoint | TvFeedEndpoint | BulletinEndpoint
+)
 AnyEndpoint = _ANY_ENDPOINT | OfficialAccountEndpoint
 
 
@@ -295,6 +394,17 @@ class Registry:
         if village and village.quiet_hours:
             return village.quiet_hours
         return self.doc.defaults.quiet_hours
+
+    def calendar_for(self, village_id: str) -> dict[str, Cadence]:
+        """The cadence each category needs in this village: the defaults, then the county's
+        calendar, then the village's own, category by category; disabled ones left out."""
+        rules = dict(DEFAULT_CALENDAR)
+        if self.doc.calendar is not None:
+            rules.update(self.doc.calendar.rules())
+        village = self.villages.get(village_id)
+        if village is not None and village.calendar is not None:
+            rules.update(village.calendar.rules())
+        return {c: r for c, r in rules.items() if r.enabled}
 
     def covered_villages(self, oa: OfficialAccountEndpoint) -> set[str]:
         covered = set(oa.covers_villages)

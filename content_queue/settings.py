@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     """Where every official-account API call goes, the token included: the real host, a
     government proxy, or the test stand-in. ``/cgi-bin/...`` is appended."""
 
+    # Printed disclosure-board posters (issue #7).
+    poster_font: Path | None = None
+    """A TrueType CJK font file to embed in posters; default Debian's fonts-wqy-zenhei."""
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

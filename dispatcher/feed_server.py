@@ -25,7 +25,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
-from channels.tv_feed import FEED_FORMATS, MEDIA_TYPES, feed_endpoint, feed_file, render_feed
+from channels.tv_feed import (
+    FEED_FORMATS,
+    MEDIA_TYPES,
+    feed_endpoint,
+    feed_file,
+    render_feed,
+    render_item_page,
+)
 from content_queue.errors import NotFoundError
 from content_queue.registry import ID_PATTERN, Registry
 from content_queue.settings import Settings
@@ -37,6 +44,7 @@ __all__ = [
     "audio_reply",
     "feed_reply",
     "is_public_path",
+    "item_page_reply",
     "make_server",
     "not_found",
     "public_reply",
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 
 # The registry's Ident pattern: a village id never contains '/' or starts with '.'.
 _VILLAGE_ID = ID_PATTERN
+_ITEM_PAGE = re.compile(r"/feeds/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([1-9][0-9]{0,17})\.html")
 _CLIP_NAME = re.compile(r"([0-9a-f]{64})\.(mp3|amr)")
 _AUDIO_TYPES = {"mp3": "audio/mpeg", "amr": "audio/amr"}
 _NOT_FOUND = (
@@ -173,6 +182,14 @@ def public_reply(
         return text_reply(200, "ok\n")
     if path.startswith("/audio/"):
         return audio_reply(path.removeprefix("/audio/"), headers, settings=settings)
+    item = _ITEM_PAGE.fullmatch(unquote(path))
+    if item is not None:
+        return item_page_reply(
+            item.group(1),
+            int(item.group(2)),
+            store=store,
+            registry_loader=registry_loader,
+        )
     if path.startswith("/feeds/"):
         return feed_reply(
             unquote(path.removeprefix("/feeds/")),
@@ -183,6 +200,39 @@ def public_reply(
             head=head,
         )
     return None
+
+
+def item_page_reply(
+    village_id: str, notice_id: int, *, store: Store, registry_loader: RegistryLoader
+) -> Reply:
+    """A notice's page (the poster's QR code opens it), only while it is in the village's
+    feed (published there, not expired): a scheduled notice never shows early, whatever
+    id is guessed."""
+    try:
+        registry = registry_loader()
+        endpoint = feed_endpoint(registry, village_id)
+        notice = store.notice(notice_id)
+        shown = any(
+            d.endpoint_id == endpoint.id and d.action == "publish" and d.sent_at is not None
+            for d in store.deliveries(notice_id)
+        )
+    except NotFoundError:
+        return not_found()
+    except Exception:
+        log.exception("cannot serve the page of notice %s", notice_id)
+        return text_reply(503, _UNAVAILABLE)
+    if not shown or notice.expired(utcnow()):
+        return not_found()
+    body = render_item_page(notice, village_name=registry.village_name(village_id))
+    return Reply(
+        200,
+        {
+            "Content-Type": "text/html; charset=utf-8",
+            "Content-Length": str(len(body)),
+            "Cache-Control": "no-cache",
+        },
+        body,
+    )
 
 
 def feed_reply(

@@ -20,6 +20,7 @@ KIND_LABELS: dict[str, Text] = {
     "led": tr("LED 屏", "LED board"),
     "speaker": tr("广播音箱", "loudspeaker"),
     "tv_feed": tr("电视公开平台", "TV platform"),
+    "bulletin": tr("公开栏海报", "disclosure board poster"),
 }
 
 

@@ -215,7 +215,8 @@ def test_unknown_key(tmp_path: Path) -> None:
     problem, zh, en = only(path)
     assert (problem.line, problem.column) == (9, 9)
     assert (
-        "unknown key 'endpionts'; allowed keys: id, name, code, quiet_hours, voice, endpoints" in en
+        "unknown key 'endpionts'; allowed keys: id, name, code, quiet_hours, voice, calendar, "
+        "endpoints" in en
     )
     assert "did you mean 'endpoints'?" in en
     assert "未知的键 'endpionts'，允许的键：id, name" in zh
@@ -584,7 +585,7 @@ def test_targets_for_includes_each_official_account_once(example: Registry) -> N
     assert "dongcheng-houtun-led" not in ids  # disabled in the example
     assert not any(i.startswith("qiji-") for i in ids)
     liu = [t for t in targets if t.village_id == "dongcheng-liuzhuang"]
-    assert {t.kind for t in liu} == {"wecom_group", "led", "speaker", "tv_feed"}
+    assert {t.kind for t in liu} == {"wecom_group", "led", "speaker", "tv_feed", "bulletin"}
     assert all(t.township_id == "dongcheng" for t in liu)
 
 
