@@ -395,11 +395,27 @@ def notice_add(
             help=h("模板字段：名称=值（可重复）", "a template field: NAME=VALUE (repeatable)"),
         ),
     ] = None,
+    keep_draft: Annotated[
+        bool,
+        typer.Option("--draft", help=h("只存为草稿，稍后提交审核", "keep it as a draft for now")),
+    ] = False,
+    bypass_review: Annotated[
+        str | None,
+        typer.Option(
+            "--bypass-review",
+            metavar="REASON",
+            help=h(
+                "紧急通知免审发布，须写明理由（记入审计日志，乡镇可见）",
+                "send an emergency without review, with the reason (audited)",
+            ),
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help=h("输出 JSON", "print JSON"))] = False,
 ) -> None:
     from content_queue.errors import NoticeError
     from content_queue.models import build_notice
-    from dispatcher.service import registry_cache, submit_notice
+    from dispatcher.review import draft_notice
+    from dispatcher.service import registry_cache
 
     if body is not None and body_file is not None:
         raise NoticeError(
@@ -464,7 +480,21 @@ def notice_add(
     if registry is None:
         registry = registry_cache.get(settings.devices)
     store = _store(settings)
-    submitted = submit_notice(draft, store=store, registry=registry, ring=_ringer(settings))
+    reviewed = draft_notice(
+        draft,
+        principal=_principal(settings, store),
+        store=store,
+        registry=registry,
+        settings=settings,
+        ring=_ringer(settings),
+        bypass_reason=bypass_review,
+        keep_as_draft=keep_draft,
+        source={"template": template} if template else None,
+    )
+    if reviewed.submitted is None:
+        _print_waiting(reviewed.notice, as_json=as_json)
+        return
+    submitted = reviewed.submitted
     n = submitted.notice
     if as_json and not wait:
         _echo_json(
@@ -490,6 +520,64 @@ def notice_add(
                     "deliveries": [delivery_json(d) for d in store.deliveries(n.id)],
                 }
             )
+
+
+def _print_waiting(n: NoticeView, *, as_json: bool) -> None:
+    if as_json:
+        _echo_json({**notice_json(n), "deliveries": 0, "queued": False, "warnings": []})
+        return
+    if n.state == "draft":
+        typer.echo(
+            tr(
+                "已存为草稿 #{id}「{t}」；提交审核：villagecast notice submit {id}",
+                'saved draft #{id} "{t}"; send it to review: villagecast notice submit {id}',
+                id=n.id,
+                t=n.title,
+            ).render()
+        )
+        return
+    typer.secho(
+        tr(
+            "通知 #{id}「{t}」已提交审核：需另一人审核通过后才会发出"
+            "（villagecast notice approve {id}，或在监控页面审核）",
+            'notice #{id} "{t}" awaits review: another person must approve it before it '
+            "goes out (villagecast notice approve {id}, or on the dashboard)",
+            id=n.id,
+            t=n.title,
+        ).render(),
+        fg="yellow",
+    )
+
+
+def _principal(settings: Settings, store: Store) -> Any:
+    """Who is acting: the CLI's signed-in account, or None on an installation without
+    accounts (single-operator mode). Once accounts exist, acting needs `villagecast login`."""
+    from content_queue.accounts import Accounts, NotAllowed
+
+    accounts = Accounts(store)
+    if not any(u.active for u in accounts.users()):
+        return None
+    token = os.environ.get("VILLAGECAST_CLI_TOKEN", "")
+    path = _session_file(settings)
+    if not token and path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+    info = accounts.session(token) if token else None
+    if info is None:
+        raise NotAllowed(
+            tr(
+                "请先登录：villagecast login 用户名（本系统已启用账号）",
+                "log in first: villagecast login USERNAME (accounts are in use here)",
+            )
+        )
+    return info.principal
+
+
+def _session_file(settings: Settings) -> Path:
+    return settings.home / "cli-session"
+
+
+def _actor_name(principal: Any, author: str | None) -> str:
+    return str(principal.username) if principal is not None else _actor(author)
 
 
 def _read_text(path: Path) -> str:
@@ -825,12 +913,20 @@ def notice_withdraw(
     timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    from dispatcher.service import withdraw_notice
+    from dispatcher.review import withdraw_as
+    from dispatcher.service import registry_cache
 
     settings = _settings()
     store = _store(settings)
-    done = withdraw_notice(
-        notice_id, store=store, ring=_ringer(settings), actor=_actor(author), reason=reason
+    principal = _principal(settings, store)
+    done = withdraw_as(
+        notice_id,
+        principal=principal,
+        actor=_actor_name(principal, author),
+        store=store,
+        registry=registry_cache.get(settings.devices),
+        ring=_ringer(settings),
+        reason=reason,
     )
     w = done.withdrawal
     if not as_json:
@@ -900,7 +996,8 @@ def notice_correct(
 ) -> None:
     from content_queue.errors import NoticeError
     from content_queue.models import build_notice
-    from dispatcher.service import correct_notice, registry_cache
+    from dispatcher.review import review_correction
+    from dispatcher.service import registry_cache
 
     if body is not None and body_file is not None:
         raise NoticeError(
@@ -938,14 +1035,23 @@ def notice_correct(
     }
     draft = build_notice({k: v for k, v in data.items() if v is not None})
     registry = registry_cache.get(settings.devices)
-    submitted, w = correct_notice(
+    principal = _principal(settings, store)
+    reviewed = review_correction(
         draft,
+        principal=principal,
+        actor=_actor_name(principal, author),
         store=store,
         registry=registry,
+        settings=settings,
         ring=_ringer(settings),
-        actor=_actor(author),
         reason=reason,
     )
+    if reviewed.submitted is None:
+        _print_waiting(reviewed.notice, as_json=as_json)
+        return
+    submitted = reviewed.submitted
+    assert reviewed.withdrawal is not None
+    w = reviewed.withdrawal
     n = submitted.notice
     if not as_json:
         typer.echo(
@@ -975,6 +1081,157 @@ def notice_correct(
                 "recalls": [delivery_json(d) for d in _recalls_of(store, notice_id)()],
             }
         )
+
+
+@notice_app.command(
+    "submit", help=h("把草稿或被驳回的通知提交审核", "send a draft (or rejected) notice to review")
+)
+def notice_submit(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    author: Annotated[str | None, typer.Option("--author", help=h("操作人", "who"))] = None,
+) -> None:
+    from dispatcher.review import resubmit_notice
+    from dispatcher.service import registry_cache
+
+    settings = _settings()
+    store = _store(settings)
+    principal = _principal(settings, store)
+    n = resubmit_notice(
+        notice_id,
+        principal=principal,
+        actor=_actor_name(principal, author),
+        store=store,
+        registry=registry_cache.get(settings.devices),
+    )
+    _print_waiting(n, as_json=False)
+
+
+@notice_app.command(
+    "approve",
+    help=h(
+        "审核通过并发出（不能审核自己起草的通知）",
+        "approve a notice and send it (never one you drafted)",
+    ),
+)
+def notice_approve(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    author: Annotated[
+        str | None, typer.Option("--author", help=h("审核人（无账号时）", "reviewer (no accounts)"))
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help=h("显示进度", "show progress"))] = False,
+    timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    from dispatcher.review import approve_notice
+    from dispatcher.service import registry_cache
+
+    settings = _settings()
+    store = _store(settings)
+    principal = _principal(settings, store)
+    reviewed = approve_notice(
+        notice_id,
+        principal=principal,
+        actor=_actor_name(principal, author),
+        store=store,
+        registry=registry_cache.get(settings.devices),
+        ring=_ringer(settings),
+    )
+    assert reviewed.submitted is not None
+    if not as_json:
+        typer.echo(
+            tr(
+                "通知 #{id} 已审核通过，正在发出", "notice #{id} approved and sent", id=notice_id
+            ).render()
+        )
+        _print_submitted(reviewed.submitted)
+    if wait:
+        _wait(store, notice_id, timeout=timeout, quiet=as_json)
+    if as_json:
+        _echo_json(
+            {
+                **notice_json(store.notice(notice_id)),
+                "deliveries": [delivery_json(d) for d in store.deliveries(notice_id)],
+            }
+        )
+
+
+@notice_app.command("reject", help=h("驳回通知并写明理由", "reject a notice, with the reason"))
+def notice_reject(
+    notice_id: Annotated[int, typer.Argument(metavar="ID")],
+    reason: Annotated[str, typer.Option("--reason", help=h("驳回理由", "why"))],
+    author: Annotated[
+        str | None, typer.Option("--author", help=h("审核人（无账号时）", "reviewer (no accounts)"))
+    ] = None,
+) -> None:
+    from dispatcher.review import reject_notice
+    from dispatcher.service import registry_cache
+
+    settings = _settings()
+    store = _store(settings)
+    principal = _principal(settings, store)
+    reject_notice(
+        notice_id,
+        principal=principal,
+        actor=_actor_name(principal, author),
+        reason=reason,
+        store=store,
+        registry=registry_cache.get(settings.devices),
+    )
+    typer.echo(
+        tr(
+            "通知 #{id} 已驳回：{r}（起草人可用 villagecast notice correct 修改后重新提交）",
+            "notice #{id} rejected: {r} (its author can fix it with notice correct)",
+            id=notice_id,
+            r=reason,
+        ).render()
+    )
+
+
+@app.command("login", help=h("以账号登录命令行（12 小时有效）", "log the CLI in (12 hours)"))
+def login(
+    username: Annotated[str, typer.Argument(metavar="USERNAME")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help=h("从标准输入读取密码", "password from stdin"))
+    ] = False,
+) -> None:
+    from datetime import timedelta
+
+    from content_queue.accounts import Accounts, NotAllowed
+
+    settings = _settings()
+    accounts = Accounts(_store(settings))
+    password = _read_password(password_stdin, confirm=False)
+    principal = accounts.authenticate(username, password, address="cli")
+    if principal is None:
+        raise NotAllowed(tr("用户名或密码不对", "wrong username or password"))
+    token, info = accounts.create_session(
+        principal, lifetime=timedelta(hours=12), address="cli", user_agent="villagecast-cli"
+    )
+    path = _session_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token)
+    typer.echo(
+        tr(
+            "已登录为 {u}，有效期到 {t}",
+            "logged in as {u} until {t}",
+            u=principal.username,
+            t=_ts(info.expires_at),
+        ).render()
+    )
+
+
+@app.command("logout", help=h("退出命令行登录", "log the CLI out"))
+def logout() -> None:
+    from content_queue.accounts import Accounts
+
+    settings = _settings()
+    path = _session_file(settings)
+    if path.exists():
+        Accounts(_store(settings)).end_session(path.read_text(encoding="utf-8").strip())
+        path.unlink()
+    typer.echo(tr("已退出登录", "logged out").render())
 
 
 @notice_app.command(

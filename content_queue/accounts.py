@@ -4,13 +4,17 @@ One set of accounts serves the dashboard (#6) and the review rules of #7. A role
 a person may do, a scope says where:
 
 =================  ========================  =============================================
-role               scope                     may (today; #7 adds drafting and review)
+role               scope                     may
 =================  ========================  =============================================
-secretary          their village(s)          read
-reviewer           their village(s)          read
-township_officer   one township              read, retry a failed delivery, withdraw
-county_admin       the whole county          read, retry, withdraw
+secretary          their village(s)          read, draft and submit, send an emergency
+                                             without review (with a stated reason)
+reviewer           their village(s)          read, approve or reject others' notices
+township_officer   one township              all of the above, retry a failed delivery,
+                                             withdraw, correct
+county_admin       the whole county          everything, county-wide
 =================  ========================  =============================================
+
+Nobody approves a notice they drafted (the two-person rule, enforced in the store).
 
 Passwords are hashed with Argon2id (pwdlib). Sessions are rows in ``web_sessions`` keyed
 by the SHA-256 of a random token, so the database never holds a usable cookie. Failed
@@ -69,18 +73,25 @@ ROLE_LABELS: dict[Role, Text] = {
 
 
 class Action(StrEnum):
-    """What a person may do. Issue #7 adds draft, submit, approve, reject and correct."""
+    """What a person may do."""
 
     VIEW = "view"
     RETRY = "retry"
     WITHDRAW = "withdraw"
+    DRAFT = "draft"
+    """Write a notice (it goes to review when its category needs review)."""
+    APPROVE = "approve"
+    """Approve or reject a notice someone else drafted."""
+    CORRECT = "correct"
+    BYPASS_REVIEW = "bypass_review"
+    """Send an emergency without review, with a stated reason."""
 
 
 _ALLOWED: dict[Role, frozenset[Action]] = {
-    Role.SECRETARY: frozenset({Action.VIEW}),
-    Role.REVIEWER: frozenset({Action.VIEW}),
-    Role.TOWNSHIP_OFFICER: frozenset({Action.VIEW, Action.RETRY, Action.WITHDRAW}),
-    Role.COUNTY_ADMIN: frozenset({Action.VIEW, Action.RETRY, Action.WITHDRAW}),
+    Role.SECRETARY: frozenset({Action.VIEW, Action.DRAFT, Action.BYPASS_REVIEW}),
+    Role.REVIEWER: frozenset({Action.VIEW, Action.APPROVE}),
+    Role.TOWNSHIP_OFFICER: frozenset(Action),
+    Role.COUNTY_ADMIN: frozenset(Action),
 }
 
 

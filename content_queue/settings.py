@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     ack_timeout_seconds: float = Field(default=180.0, gt=0)
     """An online device that has not acked a command this long gets it again."""
 
+    # Review before publishing (issue #7).
+    review_categories: list[str] = Field(
+        default_factory=lambda: ["village_finance", "farm_subsidy"]
+    )
+    """Categories a second person must approve before anything goes out (JSON list in
+    ``VILLAGECAST_REVIEW_CATEGORIES``; ``[]`` turns review off)."""
+
     # WeCom group robots (issue #5).
     wecom_base_url: str = Field(default="https://qyapi.weixin.qq.com", pattern=r"^https?://\S+$")
     """Where the webhook API lives: the real host, a government proxy, or a local stand-in."""

@@ -95,6 +95,9 @@ STATUS_LABELS: dict[str, Text] = {
 
 
 NOTICE_STATE_LABELS: dict[str, Text] = {
+    "draft": tr("草稿", "draft"),
+    "submitted": tr("待审核", "awaiting review"),
+    "rejected": tr("审核未通过", "rejected"),
     "active": tr("有效", "active"),
     "withdrawn": tr("撤回", "withdrawn"),
     "superseded": tr("被更正", "superseded"),
@@ -392,14 +395,20 @@ class Store:
         *,
         now: datetime | None = None,
         source: dict[str, Any] | None = None,
+        review: Literal["draft", "submitted"] | None = None,
     ) -> tuple[NoticeView, list[DeliveryView]]:
         """Write the notice and one delivery per endpoint in one transaction.
+
+        With ``review`` the notice waits as a draft or for review and gets no deliveries
+        until :meth:`approve` dispatches it.
 
         ``source`` (e.g. ``{"cap_identifier": ...}``) is kept in the audit entry, so an
         imported notice can be found again by where it came from."""
         now = now or utcnow()
         with self.session() as s:
-            return self._add_notice(s, draft, plans, now=now, source=source)
+            return self._add_notice(
+                s, draft, [] if review else plans, now=now, source=source, review=review
+            )
 
     def notice_id_for_source(self, key: str, value: str) -> int | None:
         """The newest notice added with ``source[key] == value``."""
@@ -444,6 +453,7 @@ class Store:
         *,
         now: datetime,
         source: dict[str, Any] | None = None,
+        review: Literal["draft", "submitted"] | None = None,
     ) -> tuple[NoticeView, list[DeliveryView]]:
         publish_at = draft.publish_at or now
         if draft.supersedes is not None and s.get(Notice, draft.supersedes) is None:
@@ -467,7 +477,7 @@ class Store:
             author=draft.author,
             revision=draft.revision,
             supersedes_id=draft.supersedes,
-            state="active",
+            state=review or "active",
             created_at=now,
         )
         s.add(notice)
@@ -504,8 +514,139 @@ class Store:
                 details={"deliveries": len(rows), "title": draft.title, **(source or {})},
             )
         )
+        if review == "submitted":
+            s.add(
+                AuditEntry(
+                    at=now,
+                    actor=draft.author or "cli",
+                    action="notice.submit",
+                    notice_id=notice.id,
+                    details={},
+                )
+            )
         s.flush()
         return NoticeView.of(notice), [DeliveryView.of(r) for r in rows]
+
+    # -- review ------------------------------------------------------------------------
+
+    def submit(self, notice_id: int, *, actor: str, now: datetime | None = None) -> NoticeView:
+        """A draft goes to review."""
+        now = now or utcnow()
+        with self.session() as s:
+            n = self._in_state(s, notice_id, ("draft", "rejected"), tr("提交", "submit"))
+            n.state = "submitted"
+            s.add(AuditEntry(at=now, actor=actor, action="notice.submit", notice_id=n.id))
+            return NoticeView.of(n)
+
+    def reject(
+        self, notice_id: int, *, actor: str, reason: str, now: datetime | None = None
+    ) -> NoticeView:
+        """Send a notice back to its author with the reason; nothing goes out."""
+        now = now or utcnow()
+        with self.session() as s:
+            n = self._in_state(s, notice_id, ("submitted",), tr("驳回", "reject"))
+            n.state = "rejected"
+            s.add(
+                AuditEntry(
+                    at=now,
+                    actor=actor,
+                    action="notice.reject",
+                    notice_id=n.id,
+                    details={"reason": reason},
+                )
+            )
+            return NoticeView.of(n)
+
+    def approve(
+        self,
+        notice_id: int,
+        plans: Sequence[PlannedDelivery],
+        *,
+        actor: str,
+        approver: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[NoticeView, list[DeliveryView], Withdrawal | None]:
+        """Approve and dispatch in one transaction: the deliveries are written, and a
+        correction supersedes (and recalls) the revision it corrects. The author can never
+        approve their own notice."""
+        now = now or utcnow()
+        with self.session() as s:
+            n = self._in_state(s, notice_id, ("submitted",), tr("审核通过", "approve"))
+            if (approver or actor) == n.author:
+                raise StateError(
+                    tr(
+                        "不能审核通过自己起草的通知 {id}：需要另一位审核人（两人原则）",
+                        "you cannot approve notice {id}, which you drafted: another person "
+                        "must review it",
+                        id=notice_id,
+                    )
+                )
+            n.state = "active"
+            if n.publish_at < now:
+                n.publish_at = now  # goes out now; a future publish time is kept
+            s.add(AuditEntry(at=now, actor=actor, action="notice.approve", notice_id=n.id))
+            rows = []
+            for p in plans:
+                skipped = p.skip_reason is not None
+                status = (
+                    S.SKIPPED if skipped else (S.SCHEDULED if n.publish_at > now else S.PENDING)
+                )
+                rows.append(
+                    Delivery(
+                        notice_id=n.id,
+                        endpoint_id=p.endpoint_id,
+                        kind=p.kind,
+                        village_id=p.village_id,
+                        township_id=p.township_id,
+                        status=status.value,
+                        attempts=0,
+                        due_at=n.publish_at,
+                        finished_at=now if skipped else None,
+                        error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
+                        error_en=p.skip_reason.render("en") if p.skip_reason else None,
+                        updated_at=now,
+                    )
+                )
+            s.add_all(rows)
+            s.add(
+                AuditEntry(
+                    at=now,
+                    actor=actor,
+                    action="notice.dispatch",
+                    notice_id=n.id,
+                    details={"deliveries": len(rows)},
+                )
+            )
+            withdrawal = None
+            if n.supersedes_id is not None:
+                withdrawal = self._withdraw(
+                    s,
+                    n.supersedes_id,
+                    actor=actor,
+                    reason=f"corrected by notice {n.id}",
+                    superseded_by=n.id,
+                    now=now,
+                )
+            s.flush()
+            return NoticeView.of(n), [DeliveryView.of(r) for r in rows], withdrawal
+
+    @staticmethod
+    def _in_state(s: Session, notice_id: int, states: Sequence[str], verb: Text) -> Notice:
+        n = s.get(Notice, notice_id)
+        if n is None:
+            raise NotFoundError(tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id))
+        if n.state not in states:
+            raise StateError(
+                tr(
+                    "通知 {id} 当前状态是「{state}」，不能{verb}",
+                    "notice {id} is {state_en}: cannot {verb}",
+                    id=notice_id,
+                    state=NOTICE_STATE_LABELS.get(n.state, tr(n.state, n.state)),
+                    state_en=n.state,
+                    verb=verb,
+                )
+            )
+        return n
 
     def notice(self, notice_id: int) -> NoticeView:
         with self.session(readonly=True) as s:
@@ -625,6 +766,19 @@ class Store:
         n = s.get(Notice, notice_id)
         if n is None:
             raise NotFoundError(tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id))
+        if n.state in ("draft", "submitted") and superseded_by is None:
+            # Never dispatched: nothing went out, nothing to recall.
+            n.state = "withdrawn"
+            s.add(
+                AuditEntry(
+                    at=now,
+                    actor=actor,
+                    action="notice.withdraw",
+                    notice_id=notice_id,
+                    details={"reason": reason, "cancelled": 0, "recalls": 0},
+                )
+            )
+            return Withdrawal(notice_id=notice_id, cancelled=0, recalls=[])
         if n.state != "active":
             raise StateError(
                 tr(

@@ -22,7 +22,7 @@ from content_queue.models import build_notice
 from content_queue.registry import Registry, TvFeedEndpoint, WecomGroupEndpoint, load_registry
 from content_queue.settings import get_settings, reset_settings
 from content_queue.store import SETTLED, STATUS_LABELS, Store
-from dispatcher import service
+from dispatcher import review, service
 from dispatcher.doorbell import ring
 from dispatcher.planner import KIND_LABELS
 from dispatcher.runner import Stack, start_stack
@@ -284,9 +284,33 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
             )
         for data in demo_notices(registry, now):
             data = _leave_out(data, registry, set(unconfigured))
-            submitted = service.submit_notice(
-                build_notice(data), store=store, registry=registry, ring=_ring
+            entered = review.draft_notice(
+                build_notice(data),
+                principal=None,
+                store=store,
+                registry=registry,
+                settings=settings,
+                ring=_ring,
             )
+            if entered.submitted is None:
+                # Finance and subsidies need a second person: the village's supervisory
+                # committee (村务监督委员会) approves, then it goes out.
+                _say(
+                    "#{id}「{t}」须经审核：由村务监督委员会成员审核通过后发出",
+                    '#{id} "{t}" needs review: a supervisory committee member approves it',
+                    id=entered.notice.id,
+                    t=entered.notice.title,
+                )
+                entered = review.approve_notice(
+                    entered.notice.id,
+                    principal=None,
+                    actor="demo-reviewer",
+                    store=store,
+                    registry=registry,
+                    ring=_ring,
+                )
+            submitted = entered.submitted
+            assert submitted is not None
             ids.append(submitted.notice.id)
             _say(
                 "已录入 #{id}「{t}」：{n} 个投递",

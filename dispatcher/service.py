@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from channels.base import (
     ChannelError,
@@ -121,11 +122,12 @@ def submit_notice(
     registry: Registry,
     ring: Ringer | None,
     now: datetime | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Submitted:
     """Plan, store (one transaction), then ring. A broker failure loses nothing."""
     draft = guard_personal_data(draft)
     plan = plan_notice(draft, registry)
-    notice, deliveries = store.add_notice(draft, plan.deliveries, now=now)
+    notice, deliveries = store.add_notice(draft, plan.deliveries, now=now, source=source)
     rung, ring_error = _ring_due(store, ring, _due(deliveries), what=notice.id)
     return Submitted(notice, deliveries, plan, rung, ring_error, list(plan.warnings))
 

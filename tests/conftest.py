@@ -98,6 +98,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("VILLAGECAST_FEED_PORT", "0")
     monkeypatch.setenv("VILLAGECAST_ACK_TIMEOUT_SECONDS", "3")
     monkeypatch.setenv("VILLAGECAST_LANG", "zh")
+    # Review before publishing is on by default for finance and subsidies; tests of other
+    # features send those categories straight out, tests/dispatcher/test_review.py turns
+    # it back on.
+    monkeypatch.setenv("VILLAGECAST_REVIEW_CATEGORIES", "[]")
     reset_settings()
     yield data
     reset_settings()

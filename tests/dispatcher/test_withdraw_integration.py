@@ -49,6 +49,9 @@ def test_withdraw_clears_the_board_and_tombstones_the_feed(rig: Rig, workers: Wo
     )
     assert result.exit_code == 0, result.output
     assert f"已撤回通知 #{nid}" in result.output and "正在撤下" in result.output
+    # --wait returns once every recall left the dispatcher's hands (sent); the board's
+    # ack of the clear comes a moment later.
+    rig.wait(lambda: _recalls(rig, nid).get("east-liu-led") == "delivered", "the clear's ack")
     recalls = _recalls(rig, nid)
     # The board acked the clear; the feed holds the withdrawal until the platform fetches it.
     assert recalls == {"east-liu-led": "delivered", "east-liu-tv": "sent"}
