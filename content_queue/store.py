@@ -657,9 +657,12 @@ class Store:
                 )
             return NoticeView.of(n)
 
-    def notices(self, *, limit: int = 50) -> list[NoticeView]:
+    def notices(self, *, limit: int = 50, state: str | None = None) -> list[NoticeView]:
         with self.session(readonly=True) as s:
-            rows = s.scalars(select(Notice).order_by(Notice.id.desc()).limit(limit))
+            q = select(Notice)
+            if state is not None:
+                q = q.where(Notice.state == state)
+            rows = s.scalars(q.order_by(Notice.id.desc()).limit(limit))
             return [NoticeView.of(n) for n in rows]
 
     def deliveries(

@@ -14,7 +14,8 @@ from content_queue.accounts import Action, NotAllowed, Principal
 from content_queue.db import Delivery
 from content_queue.errors import NotFoundError
 from content_queue.i18n import tr
-from content_queue.store import DeliveryView, Store
+from content_queue.registry import Registry
+from content_queue.store import DeliveryView, NoticeView, Store
 from dashboard.queries import delivery_in_scope
 from dashboard.scope import Scope
 from dispatcher.service import Ringer, Withdrawn, withdraw_notice
@@ -88,4 +89,62 @@ def withdraw(
         )
     return withdraw_notice(
         notice_id, store=store, ring=ring, actor=actor_of(scope.principal), reason=reason
+    )
+
+
+# -- review (issue #7) -------------------------------------------------------------------
+
+
+def awaiting_review(store: Store, registry: Registry, principal: Principal) -> list[NoticeView]:
+    """Submitted notices this person may review (all of their villages in scope), oldest
+    first; their own are listed too, marked, since they cannot approve them."""
+    from dispatcher.review import authorize
+
+    out = []
+    for n in reversed(store.notices(limit=500, state="submitted")):
+        try:
+            authorize(principal, Action.APPROVE, targets=n.targets, registry=registry)
+        except NotAllowed:
+            continue
+        out.append(n)
+    return out
+
+
+def _reviewable(store: Store, registry: Registry, principal: Principal, notice_id: int) -> None:
+    if all(n.id != notice_id for n in awaiting_review(store, registry, principal)):
+        raise NotFoundError(
+            tr("待审核的通知 {id} 不存在", "no notice {id} awaits your review", id=notice_id)
+        )
+
+
+def approve(
+    notice_id: int, *, store: Store, registry: Registry, principal: Principal, ring: Ringer | None
+) -> NoticeView:
+    from dispatcher.review import approve_notice
+
+    _reviewable(store, registry, principal, notice_id)
+    done = approve_notice(
+        notice_id,
+        principal=principal,
+        actor=actor_of(principal),
+        store=store,
+        registry=registry,
+        ring=ring,
+    )
+    return done.notice
+
+
+def reject(
+    notice_id: int, *, store: Store, registry: Registry, principal: Principal, reason: str
+) -> NoticeView:
+    from dispatcher.review import reject_notice
+
+    _reviewable(store, registry, principal, notice_id)
+    return reject_notice(
+        notice_id,
+        principal=principal,
+        actor=actor_of(principal),
+        reason=reason,
+        store=store,
+        registry=registry,
     )

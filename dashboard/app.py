@@ -661,6 +661,63 @@ def _page_routes(app: FastAPI) -> None:
             msg=f"已撤回：{w.cancelled} 个未发出的投递已取消，{len(w.recalls)} 个端点正在撤下",
         )
 
+    @app.get("/review", include_in_schema=False, response_class=HTMLResponse)
+    def review_page(
+        request: Request, v: ViewerDep, msg: str | None = None, err: str | None = None
+    ) -> Response:
+        ctx = _ctx(request)
+        rows = actions.awaiting_review(ctx.store, ctx.registry, v.scope.principal)
+        return _page(
+            request,
+            "review.html",
+            v,
+            rows=rows,
+            me=v.scope.principal.username,
+            categories=CATEGORY_LABELS,
+            msg=msg,
+            err=err,
+        )
+
+    @app.post("/notices/{notice_id}/approve", include_in_schema=False)
+    def approve_form(
+        request: Request, v: ViewerDep, notice_id: int, csrf_token: Annotated[str, Form()] = ""
+    ) -> Response:
+        _check_csrf(v, csrf_token)
+        ctx = _ctx(request)
+        try:
+            actions.approve(
+                notice_id,
+                store=ctx.store,
+                registry=ctx.registry,
+                principal=v.scope.principal,
+                ring=ctx.ring,
+            )
+        except (StateError, NotAllowed) as exc:
+            return _back("/review", err=exc.render("zh"))
+        return _back(f"/notices/{notice_id}", msg=f"通知 {notice_id} 已审核通过，正在发出")
+
+    @app.post("/notices/{notice_id}/reject", include_in_schema=False)
+    def reject_form(
+        request: Request,
+        v: ViewerDep,
+        notice_id: int,
+        csrf_token: Annotated[str, Form()] = "",
+        reason: Annotated[str, Form()] = "",
+    ) -> Response:
+        _check_csrf(v, csrf_token)
+        ctx = _ctx(request)
+        try:
+            actions.reject(
+                notice_id,
+                store=ctx.store,
+                registry=ctx.registry,
+                principal=v.scope.principal,
+                reason=reason,
+            )
+        except (StateError, NotAllowed, VillagecastError) as exc:
+            return _back("/review", err=exc.render("zh"))
+        return _back("/review", msg=f"通知 {notice_id} 已驳回")
+
     @app.get("/devices", include_in_schema=False, response_class=HTMLResponse)
     def devices_page(
         request: Request,
@@ -786,6 +843,21 @@ class WithdrawBody(BaseModel):
     reason: str = ""
 
 
+class ReviewItem(BaseModel):
+    id: int
+    title: str
+    category: str
+    author: str
+    created_at: datetime
+    revision: int
+    supersedes: int | None
+
+
+class ReviewOut(BaseModel):
+    notice_id: int
+    state: str
+
+
 class WithdrawOut(BaseModel):
     notice_id: int
     cancelled: int
@@ -849,6 +921,56 @@ def _api_routes(app: FastAPI) -> None:
         ctx = _ctx(request)
         d = actions.retry_delivery(delivery_id, store=ctx.store, scope=v.scope, ring=ctx.ring)
         return RetryOut(id=d.id, notice_id=d.notice_id, status=d.status, attempts=d.attempts)
+
+    @app.get("/api/v1/review", tags=["read"])
+    def api_review(request: Request, v: ViewerDep) -> list[ReviewItem]:
+        """Submitted notices this account may review, oldest first."""
+        ctx = _ctx(request)
+        return [
+            ReviewItem(
+                id=n.id,
+                title=n.title,
+                category=n.category,
+                author=n.author,
+                created_at=n.created_at,
+                revision=n.revision,
+                supersedes=n.supersedes_id,
+            )
+            for n in actions.awaiting_review(ctx.store, ctx.registry, v.scope.principal)
+        ]
+
+    @app.post("/api/v1/notices/{notice_id}/approve", tags=["act"])
+    def api_approve(
+        request: Request, v: Annotated[Viewer, Depends(csrf_header)], notice_id: int
+    ) -> ReviewOut:
+        """Approve a notice someone else drafted; it is dispatched at once."""
+        ctx = _ctx(request)
+        n = actions.approve(
+            notice_id,
+            store=ctx.store,
+            registry=ctx.registry,
+            principal=v.scope.principal,
+            ring=ctx.ring,
+        )
+        return ReviewOut(notice_id=n.id, state=n.state)
+
+    @app.post("/api/v1/notices/{notice_id}/reject", tags=["act"])
+    def api_reject(
+        request: Request,
+        v: Annotated[Viewer, Depends(csrf_header)],
+        notice_id: int,
+        body: WithdrawBody,
+    ) -> ReviewOut:
+        """Reject a submitted notice with the reason (required)."""
+        ctx = _ctx(request)
+        n = actions.reject(
+            notice_id,
+            store=ctx.store,
+            registry=ctx.registry,
+            principal=v.scope.principal,
+            reason=body.reason,
+        )
+        return ReviewOut(notice_id=n.id, state=n.state)
 
     @app.post("/api/v1/notices/{notice_id}/withdraw", tags=["act"])
     def api_withdraw(
