@@ -466,7 +466,7 @@ def _stack_rig(stack: ExitStack, **kwargs: Any) -> Rig:
 
 def kill_workers(*, full: bool, broker: str = "embedded", redis_url: str | None = None) -> Result:
     """1. Workers SIGKILLed every few seconds during a fan-out to tv_feed, led and wecom_group."""
-    notices, endpoints = (200, 50) if full else (20, 15)
+    notices, endpoints = (200, 150) if full else (20, 15)
     every = 4.0 if full else 3.0
     result = Result("kill_workers", broker)
     with ExitStack() as stack:
