@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select, update
+from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select, text, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -360,7 +360,7 @@ class Store:
         path = _sqlite_path(self.url)
         lock_path = (path.parent / ".migrate.lock") if path else None
         try:
-            with _file_lock(lock_path), self.engine.connect() as conn:
+            with _file_lock(lock_path), self.engine.connect() as conn, _pg_lock(conn):
                 if self._is_current(conn):
                     return
                 cfg.attributes["connection"] = conn
@@ -1017,7 +1017,17 @@ class Store:
         tokens = [c.token for c, _ in results]
         with self.session() as s, s.no_autoflush:
             # Two queries for the whole chunk, one flush at commit.
-            rows = {d.id: d for d in s.scalars(select(Delivery).where(Delivery.id.in_(ids)))}
+            # Locked (in id order, so two finishers cannot deadlock) before the acks are
+            # read: on PostgreSQL an ack recorded meanwhile is then seen, never lost.
+            rows = {
+                d.id: d
+                for d in s.scalars(
+                    select(Delivery)
+                    .where(Delivery.id.in_(ids))
+                    .order_by(Delivery.id)
+                    .with_for_update()
+                )
+            }
             attempts = {
                 a.worker: a
                 for a in s.scalars(
@@ -1137,7 +1147,12 @@ class Store:
         now: datetime | None = None,
         limit: int = 5000,
     ) -> SweepReport:
-        """One pass of the sweeper; idempotent, safe to run from several processes at once."""
+        """One pass of the sweeper; idempotent, safe to run from several processes at once.
+
+        SQLite runs one writer at a time. On PostgreSQL every row a step moves is locked
+        with ``FOR UPDATE SKIP LOCKED``: a row another sweeper or a worker is moving is
+        left to it, and a row read here cannot change before this transaction commits.
+        """
         now = now or utcnow()
         report = SweepReport()
         with self.session() as s:
@@ -1161,6 +1176,7 @@ class Store:
                     Delivery.notice_id.in_(expired_notices),
                 )
                 .limit(limit)
+                .with_for_update(skip_locked=True, of=Delivery)
             ):
                 _end(
                     d,
@@ -1175,6 +1191,7 @@ class Store:
                 select(Delivery)
                 .where(Delivery.status == S.SENDING, Delivery.lease_until < now)
                 .limit(limit)
+                .with_for_update(skip_locked=True, of=Delivery)
             ):
                 s.execute(
                     update(Attempt)
@@ -1228,6 +1245,7 @@ class Store:
                         Delivery.id.in_(unacked),
                     )
                     .limit(limit)
+                    .with_for_update(skip_locked=True, of=Delivery)
                 ):
                     d.status = S.PENDING
                     d.due_at = now
@@ -1246,6 +1264,7 @@ class Store:
                 )
                 .order_by(Delivery.id)
                 .limit(limit)
+                .with_for_update(skip_locked=True, of=Delivery)
             ).all()
             ids = [r[0] for r in rows]
             for did, kind in rows:
@@ -1364,15 +1383,17 @@ class Store:
             cmd = s.get(DeviceCommand, command_id)
             if cmd is None or cmd.device_id != device_id:
                 return None
+            # The delivery is locked before the ack is written, as finish_many locks it
+            # before reading acks: whichever commits second sees the other's write.
+            d = s.get(Delivery, cmd.delivery_id, with_for_update=True)
             cmd.acked_at = now
             cmd.ack_status = status
             cmd.ack_reason = reason
             cmd.ack_detail = (detail or "")[:255] or None
-            d = s.get(Delivery, cmd.delivery_id)
             if d is None:
                 return None
             if status in ACK_SUCCESS:
-                dev = s.get(Device, device_id)
+                dev = s.get(Device, device_id, with_for_update=True)
                 if dev is not None and status == "shown":
                     showing = [c for c in (dev.showing or []) if c != command_id]
                     dev.showing = [*showing, command_id]
@@ -1425,10 +1446,19 @@ class Store:
     ) -> None:
         now = utcnow()
         with self.session() as s:
-            dev = s.get(Device, device_id)
-            if dev is None:
-                dev = Device(device_id=device_id, updated_at=now)
-                s.add(dev)
+            # Two listeners may record the same message at once: create the row if missing
+            # (a no-op for the second) and lock it, so the state change is counted once.
+            _insert_ignore(
+                s,
+                Device,
+                device_id=device_id,
+                state="unknown",
+                capabilities=[],
+                showing=[],
+                updated_at=now,
+            )
+            dev = s.get(Device, device_id, with_for_update=True)
+            assert dev is not None
             if dev.last_seen is not None and at < dev.last_seen:
                 return  # an old retained message replayed after a newer one
             changed = dev.state != state
@@ -1634,6 +1664,18 @@ def _end(
     _set_error(d, text, code)
 
 
+def _insert_ignore(s: Session, model: type[Any], **values: Any) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        s.execute(pg_insert(model).values(**values).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        s.execute(sqlite_insert(model).values(**values).on_conflict_do_nothing())
+
+
 def _redact(url: str) -> str:
     """Hide the password part of a database URL before it reaches a message."""
     if "://" in url and "@" in url:
@@ -1642,6 +1684,25 @@ def _redact(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}"
     return url
+
+
+_PG_MIGRATE_LOCK = 0x76636D67  # "vcmg"
+
+
+@contextmanager
+def _pg_lock(conn: Any) -> Iterator[None]:
+    """Several services starting at once on PostgreSQL migrate one after the other."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATE_LOCK})
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.rollback()
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATE_LOCK})
+        conn.commit()
 
 
 @contextmanager

@@ -218,3 +218,173 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     yield broker
     broker.stop()
     shutil.rmtree(broker.workdir, ignore_errors=True)
+
+
+def _missing_service(what: str) -> None:
+    if os.environ.get("VILLAGECAST_REQUIRE_SERVICES"):
+        pytest.fail(f"{what} (scripts/dev setup installs it)")
+    pytest.skip(f"{what}; `scripts/dev setup` installs it")
+
+
+def _pg_bindir() -> Path | None:
+    """Debian keeps the server binaries off PATH, one directory per major version."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    return found[-1].parent if found else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on a free loopback port, owned by a non-root user.
+
+    initdb refuses to run as root, so as root the cluster belongs to Debian's `postgres`
+    user (or a dedicated `villagecast-pgtest` user created on a machine without it). It
+    trusts loopback connections and runs without fsync: it is thrown away after the run.
+    """
+
+    SUPERUSER = "vc"
+
+    def __init__(self, bindir: Path, workdir: Path) -> None:
+        self.bindir = bindir
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.port = _free_port()
+        self._run_as: list[str] = []
+        self._n = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _owner(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        for name in ("postgres", "villagecast-pgtest"):
+            try:
+                pwd.getpwnam(name)
+                return name
+            except KeyError:
+                continue
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             "villagecast-pgtest"],
+            check=True,
+        )  # fmt: skip
+        return "villagecast-pgtest"
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [*self._run_as, *args]
+
+    def start(self) -> None:
+        owner = self._owner()
+        self.workdir.mkdir(parents=True)
+        if owner is not None:
+            shutil.chown(self.workdir, user=owner)
+            self._run_as = ["runuser", "-u", owner, "--"]
+        initdb = subprocess.run(
+            self._cmd(
+                str(self.bindir / "initdb"),
+                "-D", str(self.data),
+                "-U", self.SUPERUSER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        if initdb.returncode != 0:
+            pytest.fail(f"initdb failed: {initdb.stderr[-2000:]}")
+        log = (self.workdir / "postgres.log").open("ab")
+        # `postgres` in the foreground (not pg_ctl's daemon) so the fixture can stop it.
+        self.proc = subprocess.Popen(
+            self._cmd(
+                str(self.bindir / "postgres"),
+                "-D", str(self.data),
+                "-c", "listen_addresses=127.0.0.1",
+                "-c", f"port={self.port}",
+                "-c", f"unix_socket_directories={self.workdir}",
+                "-c", "fsync=off",
+                "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off",
+                "-c", "max_connections=200",
+            ),
+            stdout=log,
+            stderr=log,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            ready = subprocess.run(
+                [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                capture_output=True,
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                tail = (self.workdir / "postgres.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"postgres did not start: {tail}")
+            time.sleep(0.1)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://{self.SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, prefix: str = "vc") -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        self._n += 1
+        name = f"{prefix}_{os.getpid()}_{self._n}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={self.SUPERUSER} dbname=postgres",
+            autocommit=True,
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            subprocess.run(
+                self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "stop", "-m", "fast"),
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One real PostgreSQL cluster for the session (Debian's `postgresql` package)."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        _missing_service("PostgreSQL server binaries are not installed")
+        raise AssertionError("unreachable")
+    pg = Postgres(bindir, Path(f"/tmp/vc-pg-{os.getpid()}-{time.monotonic_ns()}"))
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL on each engine it supports: SQLite (WAL) and PostgreSQL."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'vc.sqlite'}"

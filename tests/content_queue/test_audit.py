@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,10 +35,12 @@ def _history(store: Store) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'vc.sqlite'}")
+def store(db_url: str) -> Iterator[Store]:
+    """The chain on SQLite and on PostgreSQL (which serialises it by an advisory lock)."""
+    s = Store(db_url)
     _history(s)
-    return s
+    yield s
+    s.engine.dispose()
 
 
 def test_every_action_is_chained_and_verifies(store: Store) -> None:
