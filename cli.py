@@ -1819,18 +1819,29 @@ def device_simulate(
         "run the device listener (acks and presence; part of `up`)",
     ),
 )
-def listen() -> None:
+def listen(
+    instance: Annotated[
+        str | None,
+        typer.Option(
+            "--instance",
+            help=h(
+                "同一台机器运行多个监听时，给每个起一个名字（决定 MQTT 客户端 ID）",
+                "a name for this listener when one machine runs several (sets its MQTT client id)",
+            ),
+        ),
+    ] = None,
+) -> None:
     import logging
     import signal
     import threading
 
-    from dispatcher.acks import run_listener
+    from dispatcher.acks import listener_client_id, run_listener
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        run_listener(_settings(), stop=stop)
+        run_listener(_settings(), stop=stop, client_id=listener_client_id(instance))
     except KeyboardInterrupt:
         stop.set()
 
@@ -2113,10 +2124,28 @@ def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
     no_sweeper: Annotated[bool, typer.Option("--no-sweeper")] = False,
     loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            help=h(
+                "只处理这些队列（逗号分隔，如 vc.led,vc.speaker），每种渠道可单独配进程数",
+                "consume only these queues (comma-separated, e.g. vc.led,vc.speaker) so each "
+                "channel kind gets its own pool",
+            ),
+        ),
+    ] = None,
 ) -> None:
-    from dispatcher.worker import run_worker
+    from dispatcher.worker import parse_queues, run_worker
 
-    run_worker(concurrency=concurrency, sweeper=not no_sweeper, loglevel=loglevel)
+    kinds = parse_queues(queues) if queues else None
+    run_worker(
+        concurrency=concurrency,
+        sweeper=not no_sweeper,
+        loglevel=loglevel,
+        **({"kinds": kinds} if kinds else {}),
+    )
 
 
 @app.command(
@@ -2598,6 +2627,177 @@ def disclosure_calendar(
             o=overdue,
             d=due,
         ).render()
+    )
+
+
+# -- operations: schema, health, backups (issue #9) ----------------------------------------
+
+db_app = _typer("数据库表结构：查看与升级", "the store's schema: show and upgrade")
+backup_app = _typer("备份与恢复（数据库和签名密钥）", "back up and restore the store and keys")
+app.add_typer(db_app, name="db")
+app.add_typer(backup_app, name="backup")
+
+
+def _print_schema(status: Any) -> None:
+    typer.echo(
+        tr(
+            "数据库：{u}\n当前版本：{c}\n最新版本：{h}",
+            "database: {u}\ncurrent revision: {c}\nhead revision: {h}",
+            u=status.url,
+            c=",".join(status.current) or tr("（空）", "(empty)"),
+            h=",".join(status.head),
+        ).render()
+    )
+
+
+@db_app.command("current", help=h("显示数据库表结构版本", "show the schema revision"))
+def db_current(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    from content_queue.dbadmin import schema_status
+
+    status = schema_status(_settings().resolved_database_url)
+    if as_json:
+        _echo_json(
+            {
+                "url": status.url,
+                "current": list(status.current),
+                "head": list(status.head),
+                "up_to_date": status.up_to_date,
+            }
+        )
+    else:
+        _print_schema(status)
+    if not status.up_to_date:
+        if not as_json:
+            typer.secho(
+                tr("需要升级：运行 villagecast db upgrade", "run villagecast db upgrade").render(),
+                fg="yellow",
+            )
+        raise typer.Exit(1)
+
+
+@db_app.command(
+    "upgrade",
+    help=h(
+        "把数据库升级到最新表结构（可重复运行）",
+        "upgrade the store to the newest schema (idempotent)",
+    ),
+)
+def db_upgrade() -> None:
+    from content_queue.dbadmin import upgrade
+
+    settings = _settings()
+    settings.ensure_home()
+    before, after = upgrade(settings.resolved_database_url)
+    if before.up_to_date:
+        typer.echo(
+            tr(
+                "表结构已是最新（{h}），无需升级",
+                "the schema is already at head ({h}); nothing to do",
+                h=",".join(after.head),
+            ).render()
+        )
+        return
+    typer.secho(
+        tr(
+            "已升级：{a} → {b}",
+            "upgraded: {a} -> {b}",
+            a=",".join(before.current) or tr("（空）", "(empty)"),
+            b=",".join(after.current),
+        ).render(),
+        fg="green",
+    )
+
+
+@app.command(
+    "doctor",
+    help=h(
+        "检查所有组件（数据库、消息队列、MQTT、密钥、语音、凭据、磁盘）并给出修复方法",
+        "check every component and say how to fix what is wrong",
+    ),
+)
+def doctor(
+    cert: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--cert",
+            help=h(
+                "同时检查这个 PEM 证书的有效期（可重复）",
+                "also check this PEM certificate's expiry (repeatable)",
+            ),
+        ),
+    ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option("--offline", help=h("不检查外网服务", "skip checks of internet services")),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    from dispatcher.doctor import exit_code, render, run_doctor
+
+    checks = run_doctor(_settings(), certificates=cert or [], online=not offline)
+    if as_json:
+        _echo_json([c.as_json() for c in checks])
+    else:
+        typer.echo(render(checks))
+    raise typer.Exit(exit_code(checks))
+
+
+@backup_app.command(
+    "create",
+    help=h(
+        "备份数据库和签名密钥（运行中也可以做，文件权限 600）",
+        "back up the store and the signing keys (safe while running; file mode 600)",
+    ),
+)
+def backup_create(
+    out: Annotated[Path, typer.Option("--out", help=h("备份文件", "backup file"))],
+) -> None:
+    from content_queue.backup import create_backup
+
+    settings = _settings()
+    info = create_backup(
+        database_url=settings.resolved_database_url, keys_dir=settings.keys_dir, out=out
+    )
+    typer.secho(
+        tr(
+            "已备份到 {p}：{n} 条通知，审计 {c} 条（最新哈希 {h}），密钥文件 {k} 个。"
+            "\n备份含签名私钥，请离线加密保存。",
+            "backed up to {p}: {n} notices, {c} audit entries (head {h}), {k} key file(s)."
+            "\nThe backup holds the signing private key: keep it offline and encrypted.",
+            p=str(out),
+            n=info.notices,
+            c=info.audit_entries,
+            h=info.audit_head[:16],
+            k=len(info.key_files),
+        ).render(),
+        fg="green",
+    )
+
+
+@backup_app.command(
+    "restore",
+    help=h(
+        "把备份恢复到新的（空的）数据库和数据目录",
+        "restore a backup into a new, empty database and data directory",
+    ),
+)
+def backup_restore(file: Annotated[Path, typer.Argument(metavar="FILE")]) -> None:
+    from content_queue.backup import restore_backup
+
+    settings = _settings()
+    settings.ensure_home()
+    info = restore_backup(
+        file, database_url=settings.resolved_database_url, keys_dir=settings.keys_dir
+    )
+    typer.secho(
+        tr(
+            "已恢复 {t} 的备份：{n} 条通知，审计日志校验通过（最新哈希 {h}）",
+            "restored the backup of {t}: {n} notices, the audit log verifies (head {h})",
+            t=info.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            n=info.notices,
+            h=info.audit_head[:16],
+        ).render(),
+        fg="green",
     )
 
 

@@ -20,6 +20,7 @@ from channels.keys import Keyring
 from channels.led import build_show_command
 from channels.protocol import Ack, DeviceState, parse_topic
 from content_queue.errors import VillagecastError
+from content_queue.once import claim_once
 from content_queue.registry import LedEndpoint, Registry
 from content_queue.settings import Settings
 from content_queue.store import Store, utcnow
@@ -30,6 +31,7 @@ __all__ = ["DeviceListener", "run_listener"]
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024
+FRESH_BOOT_CLAIM_SECONDS = 7 * 86400
 
 
 class DeviceListener:
@@ -40,9 +42,10 @@ class DeviceListener:
         self.store = store
         self.address = parse_mqtt_url(settings.resolved_mqtt_url)
         self.connected = threading.Event()
+        self.client_id = client_id or listener_client_id()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"villagecast-listener-{socket.gethostname()}",
+            client_id=self.client_id,
             clean_session=False,  # acks sent while the listener is down wait in the broker
             protocol=mqtt.MQTTv311,
         )
@@ -110,6 +113,16 @@ class DeviceListener:
             # A live message is dated by its arrival (a Last Will carries the time of the
             # connect it was registered with); a retained one replayed on reconnect by its own.
             at = datetime.fromtimestamp(state.at, tz=UTC) if retained else utcnow()
+            rebooted = state.state == "online" and state.fresh_boot
+            if rebooted:
+                # Every listener receives the message (several may run): one re-syncs the
+                # device, and the same boot replayed as a retained message is not re-synced.
+                rebooted = claim_once(
+                    self.store,
+                    f"fresh_boot:{device_id}:{state.at!r}",
+                    holder=self.client_id,
+                    ttl_seconds=FRESH_BOOT_CLAIM_SECONDS,
+                )
             self.store.record_presence(
                 device_id=device_id,
                 state=state.state,
@@ -117,9 +130,9 @@ class DeviceListener:
                 firmware=state.firmware,
                 capabilities=state.capabilities,
                 showing=state.showing,
-                fresh_boot=state.fresh_boot,
+                fresh_boot=state.fresh_boot and rebooted,
             )
-            if state.state == "online" and state.fresh_boot:
+            if rebooted:
                 self.sync(device_id)
 
     def sync(self, device_id: str) -> int:
@@ -184,9 +197,18 @@ class DeviceListener:
         self.client.loop_stop()
 
 
-def run_listener(settings: Settings, *, stop: threading.Event) -> None:
-    """Run until ``stop`` is set (a thread in `up`, a process beside each worker)."""
-    listener = DeviceListener(settings, service.open_store(settings))
+def listener_client_id(instance: str | None = None) -> str:
+    """Stable per machine (and instance): the broker keeps this session's queued acks while
+    the listener restarts. Two listeners must not share one, or they evict each other."""
+    base = f"villagecast-listener-{socket.gethostname()}"
+    return f"{base}-{instance}" if instance else base
+
+
+def run_listener(
+    settings: Settings, *, stop: threading.Event, client_id: str | None = None
+) -> None:
+    """Run until ``stop`` is set (a thread in `up`, or `villagecast listen`)."""
+    listener = DeviceListener(settings, service.open_store(settings), client_id=client_id)
     listener.start()
     try:
         stop.wait()

@@ -12,7 +12,32 @@ from typing import IO
 from content_queue.registry import ENDPOINT_KINDS
 from content_queue.settings import Settings, get_settings
 
-__all__ = ["main", "run_worker", "spawn_worker", "worker_argv"]
+__all__ = ["main", "parse_queues", "run_worker", "spawn_worker", "worker_argv"]
+
+
+def parse_queues(text: str) -> list[str]:
+    """Channel kinds from ``vc.led,vc.speaker`` (or ``led,speaker``); unknown names refused."""
+    from content_queue.errors import ConfigError
+    from content_queue.i18n import tr
+    from dispatcher.celery_app import QUEUE_PREFIX
+
+    kinds: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        kind = item.removeprefix(QUEUE_PREFIX)
+        if kind not in ENDPOINT_KINDS:
+            raise ConfigError(
+                tr(
+                    "没有队列 {q}；可用的队列：{all}",
+                    "no queue {q}; the queues are: {all}",
+                    q=item,
+                    all=", ".join(QUEUE_PREFIX + k for k in ENDPOINT_KINDS),
+                )
+            )
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
 
 
 def worker_argv(
@@ -74,11 +99,14 @@ def spawn_worker(
     loglevel: str = "WARNING",
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `python -m dispatcher.worker` in its own process group (so it can be killed whole)."""
     cmd = [sys.executable, "-m", "dispatcher.worker", "--loglevel", loglevel]
     if concurrency:
         cmd += ["--concurrency", str(concurrency)]
+    if kinds:
+        cmd += ["--kinds", ",".join(kinds)]
     if not sweeper:
         cmd.append("--no-sweeper")
     return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=stdout, stderr=stderr)
