@@ -39,6 +39,7 @@ from content_queue.settings import Settings
 __all__ = [
     "EXPIRY_WARNING_DAYS",
     "Check",
+    "DiskUsage",
     "Status",
     "check_audio_disk",
     "check_broker",
@@ -63,6 +64,8 @@ EXPIRY_WARNING_DAYS = 30
 MIN_FREE_BYTES = 200 * 1024 * 1024
 WARN_FREE_BYTES = 2 * 1024 * 1024 * 1024
 EDGE_HOST = "speech.platform.bing.com"
+DiskUsage = Callable[[Path], tuple[int, int, int]]
+"""(total, used, free) bytes of the file system holding a path (shutil.disk_usage)."""
 
 
 @dataclass(frozen=True)
@@ -672,7 +675,7 @@ def check_audio_disk(
     *,
     min_free: int = MIN_FREE_BYTES,
     warn_free: int = WARN_FREE_BYTES,
-    usage: Callable[[Path], tuple[int, int, int]] | None = None,
+    usage: DiskUsage | None = None,
 ) -> Check:
     """Free space where the clip cache, feeds and (SQLite) store live."""
     probe = path
