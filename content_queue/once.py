@@ -32,18 +32,21 @@ def claim_once(
         if s.get_bind().dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            res = s.execute(pg_insert(KvEntry).values(**values).on_conflict_do_nothing())
+            stmt = pg_insert(KvEntry).values(**values).on_conflict_do_nothing()
         else:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            res = s.execute(sqlite_insert(KvEntry).values(**values).on_conflict_do_nothing())
-        if int(getattr(res, "rowcount", 0) or 0) == 1:
+            stmt = sqlite_insert(KvEntry).values(**values).on_conflict_do_nothing()
+        # RETURNING says whether this caller wrote the row (psycopg reports no rowcount
+        # for an INSERT ... ON CONFLICT DO NOTHING).
+        if s.execute(stmt.returning(KvEntry.key)).first() is not None:
             return True
         # Taken: an expired claim is taken over by one caller (a conditional update).
-        res = s.execute(
+        taken = s.execute(
             update(KvEntry)
             .where(KvEntry.key == key, KvEntry.expires_at <= now)
             .values(value=holder, expires_at=values["expires_at"], updated_at=now)
+            .returning(KvEntry.key)
             .execution_options(synchronize_session=False)
-        )
-        return int(getattr(res, "rowcount", 0) or 0) == 1
+        ).first()
+        return taken is not None

@@ -1523,18 +1523,18 @@ class Store:
         """What a device that lost its memory should show again: (notice, _, delivery, kind)."""
         now = now or utcnow()
         with self.session(readonly=True) as s:
+            # IN, not JOIN + DISTINCT: PostgreSQL cannot compare the notices' JSON columns.
+            sent_to = select(DeviceCommand.delivery_id).where(DeviceCommand.device_id == device_id)
             q = (
                 select(Delivery.id, Delivery.kind, Notice)
-                .join(DeviceCommand, DeviceCommand.delivery_id == Delivery.id)
                 .join(Notice, Notice.id == Delivery.notice_id)
                 .where(
-                    DeviceCommand.device_id == device_id,
+                    Delivery.id.in_(sent_to),
                     Delivery.action == "publish",
                     Delivery.status.in_([S.SENT, S.DELIVERED]),
                     Notice.state == "active",
                     or_(Notice.expires_at.is_(None), Notice.expires_at > now),
                 )
-                .distinct()
                 .order_by(Delivery.id)
             )
             return [(NoticeView.of(n), None, did, kind) for did, kind, n in s.execute(q)]

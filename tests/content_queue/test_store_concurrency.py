@@ -267,3 +267,18 @@ def test_services_starting_together_migrate_once(db_url: str) -> None:
     finally:
         for s in stores:
             s.engine.dispose()
+
+
+def test_claim_once_has_one_winner_until_it_expires(store: Store) -> None:
+    from content_queue.once import claim_once
+
+    won = _together(
+        *[
+            (lambda h=h: claim_once(store, "fresh_boot:x", holder=h, ttl_seconds=60, now=T0))
+            for h in ("a", "b", "c")
+        ]
+    )
+    assert sorted(won) == [False, False, True]
+    later = T0 + timedelta(seconds=61)
+    assert claim_once(store, "fresh_boot:x", holder="d", ttl_seconds=60, now=later)
+    assert not claim_once(store, "fresh_boot:x", holder="e", ttl_seconds=60, now=later)
