@@ -29,17 +29,19 @@ def claim_once(
         "updated_at": now,
     }
     with store.session() as s:
+        # RETURNING says whether this caller wrote the row (psycopg reports no rowcount
+        # for an INSERT ... ON CONFLICT DO NOTHING).
         if s.get_bind().dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            stmt = pg_insert(KvEntry).values(**values).on_conflict_do_nothing()
+            pg = pg_insert(KvEntry).values(**values).on_conflict_do_nothing()
+            written = s.execute(pg.returning(KvEntry.key)).first()
         else:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            stmt = sqlite_insert(KvEntry).values(**values).on_conflict_do_nothing()
-        # RETURNING says whether this caller wrote the row (psycopg reports no rowcount
-        # for an INSERT ... ON CONFLICT DO NOTHING).
-        if s.execute(stmt.returning(KvEntry.key)).first() is not None:
+            lite = sqlite_insert(KvEntry).values(**values).on_conflict_do_nothing()
+            written = s.execute(lite.returning(KvEntry.key)).first()
+        if written is not None:
             return True
         # Taken: an expired claim is taken over by one caller (a conditional update).
         taken = s.execute(
