@@ -243,8 +243,8 @@ def _check_redis(url: str, shown: str, *, timeout: float) -> list[Check]:
                     p=", ".join(problems),
                 ),
                 tr(
-                    "在 redis.conf 中设置 {p}，然后重启 redis-server（见 deploy/redis.conf）",
-                    "set {p} in redis.conf and restart redis-server (see deploy/redis.conf)",
+                    "在 redis.conf 中设置 {p}，然后重启 redis-server（见 deploy/redis/redis.conf）",
+                    "set {p} in redis.conf and restart redis-server (see deploy/redis/redis.conf)",
                     p=", ".join(problems),
                 ),
             )
