@@ -348,3 +348,19 @@ def test_doctor_command_fails_then_passes_once_fixed(
     as_json = runner.invoke(app, ["doctor", "--offline", "--json"])
     assert as_json.exit_code == 0
     assert '"name": "database"' in as_json.output
+
+
+def test_unreachable_rabbitmq_is_a_failure() -> None:
+    (check,) = doctor.check_broker(f"amqp://guest:pw-xyz@127.0.0.1:{_closed_port()}//", timeout=1)
+    assert check.status == "fail" and "pw-xyz" not in check.summary.render("en")
+
+
+def test_expiry_checks_are_what_a_dashboard_shows(home: Path, tmp_path: Path) -> None:
+    from content_queue.settings import get_settings
+
+    settings = get_settings()
+    assert doctor.expiry_checks(settings, now=NOW) == []  # no keys yet: nothing to warn of
+    Keyring.init(settings.keys_dir).rotate(overlap_days=10, now=NOW)
+    cert = _certificate(tmp_path / "broker.crt", not_after=NOW + timedelta(days=5))
+    found = doctor.expiry_checks(settings, now=NOW, certificates=[cert])
+    assert [(c.name, c.status) for c in found] == [("key_expiry", "warn"), ("certificate", "warn")]
