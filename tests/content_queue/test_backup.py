@@ -56,6 +56,23 @@ def _cli_json(*args: str) -> object:
     return json.loads(result.output)
 
 
+def _dashboard_overview() -> dict[str, object]:
+    """What the county's dashboard shows on its overview page."""
+    from content_queue.accounts import Principal, Role
+    from content_queue.registry import load_registry
+    from dashboard.queries import Filters, overview
+    from dashboard.scope import Scope
+    from dispatcher.service import open_store
+
+    settings = get_settings()
+    registry = load_registry(settings.devices)
+    admin = Principal(user_id=1, username="admin", display_name="县管理员", role=Role.COUNTY_ADMIN)
+    now = datetime.now(UTC)
+    filters = Filters.make(since=T0 - timedelta(days=1), until=T0 + timedelta(days=1), now=now)
+    view = overview(open_store(settings), registry, Scope.of(admin, registry), filters, now=now)
+    return view.model_dump(exclude={"filters"})
+
+
 def _views() -> dict[str, object]:
     notices = _cli_json("notice", "list")
     assert isinstance(notices, list)
@@ -63,6 +80,7 @@ def _views() -> dict[str, object]:
         "list": notices,
         "show": [_cli_json("notice", "show", str(n["id"])) for n in notices],
         "audit": _cli_json("audit", "verify"),
+        "dashboard": _dashboard_overview(),
     }
 
 
@@ -96,6 +114,8 @@ def test_restore_shows_the_same_history(
 ) -> None:
     runner = CliRunner()
     before = _views()
+    shown = before["dashboard"]
+    assert isinstance(shown, dict) and len(shown["notices"]) == 3  # the history is on it
     key_id = Keyring.load(get_settings().keys_dir).active().key_id
     archive = tmp_path / "backups" / "vc-backup.tar.gz"
     made = runner.invoke(app, ["backup", "create", "--out", str(archive)])
