@@ -33,6 +33,7 @@ __all__ = [
     "WECOM_VOICE_MAX_SECONDS",
     "Clip",
     "ClipCache",
+    "lookup_clips",
     "probe_duration",
     "synthesize_clip",
     "to_loudspeaker_mp3",
@@ -453,6 +454,32 @@ class ClipCache:
         return dropped
 
 
+def _variant(fmt: ClipFormat, chime: bool) -> str:
+    return f"{fmt}+chime" if chime and fmt == "mp3" else fmt
+
+
+def _engines(mode: str) -> tuple[str, ...]:
+    return ("edge", "offline") if mode == "auto" else (mode,)
+
+
+def lookup_clips(
+    cache: ClipCache,
+    *,
+    mode: str,
+    script: str,
+    voice: Voice,
+    fmt: ClipFormat,
+    chime: bool = False,
+) -> list[Clip] | None:
+    """The cached clips ``synthesize_clip`` would return, without synthesizing anything."""
+    variant = _variant(fmt, chime)
+    for engine in _engines(mode):
+        clips = cache.get_all(ClipCache.key(script=script, engine=engine, voice=voice, fmt=variant))
+        if clips:
+            return clips
+    return None
+
+
 def synthesize_clip(
     cache: ClipCache,
     synth: Synthesizer,
@@ -461,51 +488,57 @@ def synthesize_clip(
     voice: Voice,
     fmt: ClipFormat,
     chime: bool = False,
+    limit: contextlib.AbstractContextManager[object] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> tuple[list[Clip], Synthesis | None, bool]:
     """Clips for a script, synthesized at most once per key across processes.
 
     Returns (clips, the synthesis or None on a cache hit, cache_hit). In auto mode a cached
     offline clip of the same script is reused, so every village hears the same audio even if
     edge recovers halfway through a fan-out. A chime makes a different MP3 (key format
-    ``mp3+chime``).
+    ``mp3+chime``). ``limit`` is held around the synthesis itself (not a cache hit): the
+    machine-wide bound on concurrent syntheses (channels/_synthesis.py). ``meta`` is kept
+    with the clip (e.g. the notice it was first made for).
     """
-    variant = f"{fmt}+chime" if chime and fmt == "mp3" else fmt
-    engines = ("edge", "offline") if synth.mode == "auto" else (synth.mode,)
+    variant = _variant(fmt, chime)
+    engines = _engines(synth.mode)
 
     def key_for(engine: str) -> str:
         return ClipCache.key(script=script, engine=engine, voice=voice, fmt=variant)
 
     def lookup() -> list[Clip] | None:
-        for engine in engines:
-            clips = cache.get_all(key_for(engine))
-            if clips:
-                return clips
-        return None
+        return lookup_clips(
+            cache, mode=synth.mode, script=script, voice=voice, fmt=fmt, chime=chime
+        )
 
     if clips := lookup():
         return clips, None, True
     with cache.synthesis_lock(key_for(engines[0])):
         if clips := lookup():
             return clips, None, True
-        synthesis = synth.synthesize(script, voice)
-        with tempfile.TemporaryDirectory(prefix="vc-clips-") as tmp:
-            if fmt == "mp3":
-                made = [
-                    to_loudspeaker_mp3(
-                        synthesis.audio,
-                        src_format=synthesis.format,
-                        out=Path(tmp) / "clip.mp3",
-                        chime=chime,
+        with limit if limit is not None else contextlib.nullcontext():
+            synthesis = synth.synthesize(script, voice)
+            with tempfile.TemporaryDirectory(prefix="vc-clips-") as tmp:
+                if fmt == "mp3":
+                    made = [
+                        to_loudspeaker_mp3(
+                            synthesis.audio,
+                            src_format=synthesis.format,
+                            out=Path(tmp) / "clip.mp3",
+                            chime=chime,
+                        )
+                    ]
+                else:
+                    made = to_wecom_amr(
+                        synthesis.audio, src_format=synthesis.format, out_dir=Path(tmp)
                     )
-                ]
-            else:
-                made = to_wecom_amr(synthesis.audio, src_format=synthesis.format, out_dir=Path(tmp))
-            meta = {
-                "engine": synthesis.engine,
-                "voice": synthesis.voice,
-                "fallback_reason": synthesis.fallback_reason,
-                "chars": len(script),
-                "format": variant,
-            }
-            stored = cache.put_clips(key_for(synthesis.engine), made, meta)
+                record = {
+                    **(meta or {}),
+                    "engine": synthesis.engine,
+                    "voice": synthesis.voice,
+                    "fallback_reason": synthesis.fallback_reason,
+                    "chars": len(script),
+                    "format": variant,
+                }
+                stored = cache.put_clips(key_for(synthesis.engine), made, record)
     return stored, synthesis, False
