@@ -84,6 +84,7 @@ __all__ = [
 DEFAULT_VOICE = "zh-CN-XiaoxiaoNeural"
 REPEATS = {"routine": 2, "important": 2, "emergency": 3}
 """How many times the clip is said at each play: villagers expect to hear it twice."""
+_MEMO = 64
 MAX_WINDOW_SECONDS = 600
 """How late a routine or important play may still start on the device (an emergency held
 the speaker, it was off): later than that, villagers have gone back to the fields."""
@@ -117,15 +118,18 @@ def failure_key(*, script: str, voice: Voice, mode: str) -> str:
     return ClipCache.key(script=script, engine=f"request-{mode}", voice=voice, fmt="mp3")
 
 
-def cached_clip(settings: Settings, *, script: str, voice: Voice) -> Clip | None:
-    clips = lookup_clips(
+def cached_clip(
+    settings: Settings, *, script: str, voice: Voice
+) -> tuple[Clip, dict[str, Any]] | None:
+    """The clip of a script from the cache, with the record of how it was made."""
+    found = lookup_clips(
         ClipCache.for_settings(settings),
         mode=settings.tts_mode,
         script=script,
         voice=voice,
         fmt="mp3",
     )
-    return clips[0] if clips else None
+    return (found[0][0], found[1]) if found else None
 
 
 def make_clip(
@@ -171,11 +175,12 @@ def build_play_command(
     keyring: Keyring,
     settings: Settings,
     clip: Clip,
+    made: dict[str, Any] | None = None,
     now: datetime,
     plays: list[datetime] | None = None,
 ) -> tuple[Command, dict[str, Any]]:
     """Plan the plays (or take ``plays`` as they are, for a re-sync) and sign a
-    ``speaker.play`` for a clip already made."""
+    ``speaker.play`` for a clip already made (``made``: its record in the cache)."""
     quiet_hours = registry.quiet_hours(village_id) if village_id else None
     quiet = (quiet_hours.start, quiet_hours.end) if quiet_hours else None
     if plays is None:
@@ -232,7 +237,8 @@ def build_play_command(
         expires_at=int(expires.timestamp()),
         body=body,
     )
-    made = ClipCache.for_settings(settings).meta_for(clip.sha256) or {}
+    if made is None:
+        made = ClipCache.for_settings(settings).meta_for(clip.sha256) or {}
     details = {
         "engine": made.get("engine", "unknown"),
         "fallback": made.get("fallback_reason"),
@@ -270,9 +276,11 @@ def resync_play_command(
     if not left:
         return None
     script, voice = script_for(notice), voice_for(registry, village_id)
-    clip = cached_clip(settings, script=script, voice=voice)
-    if clip is None:  # evicted since: rare, and a re-sync is one device
+    found = cached_clip(settings, script=script, voice=voice)
+    if found is None:  # evicted since: rare, and a re-sync is one device
         clip, _ = make_clip(settings, synthesizer, script=script, voice=voice, notice_id=notice.id)
+    else:
+        clip = found[0]
     command, _ = build_play_command(
         notice=notice,
         endpoint=endpoint,
@@ -321,6 +329,33 @@ class SpeakerChannel(Channel):
         self._publisher = publisher
         self._keyring = keyring
         self._clock = clock
+        # A fan-out sends one notice to hundreds of speakers: its script and clip are looked
+        # up once per process, not once per delivery (a notice revision never changes).
+        self._scripts: dict[tuple[int, int], str] = {}
+        self._clips: dict[tuple[str, Voice, str], tuple[Clip, dict[str, Any]]] = {}
+
+    def _script(self, notice: NoticeView) -> str:
+        key = (notice.id, notice.revision)
+        script = self._scripts.get(key)
+        if script is None:
+            if len(self._scripts) >= _MEMO:
+                self._scripts.clear()
+            script = self._scripts[key] = script_for(notice)
+        return script
+
+    def _clip(
+        self, settings: Settings, script: str, voice: Voice
+    ) -> tuple[Clip, dict[str, Any]] | None:
+        key = (script, voice, settings.tts_mode)
+        found = self._clips.get(key)
+        if found is not None and found[0].path.is_file():
+            return found
+        found = cached_clip(settings, script=script, voice=voice)
+        if found is not None:
+            if len(self._clips) >= _MEMO:
+                self._clips.clear()
+            self._clips[key] = found
+        return found
 
     def send(self, ctx: DeliveryContext) -> SendResult:
         endpoint = ctx.endpoint
@@ -328,12 +363,13 @@ class SpeakerChannel(Channel):
             raise ConfigError(tr("端点不是广播音箱", "the endpoint is not a loudspeaker"))
         if self._keyring is None:
             self._keyring = Keyring.load(ctx.settings.keys_dir)
-        script = script_for(ctx.notice)
+        script = self._script(ctx.notice)
         voice = voice_for(ctx.registry, ctx.village_id)
-        clip = cached_clip(ctx.settings, script=script, voice=voice)
-        if clip is None:
+        found = self._clip(ctx.settings, script, voice)
+        if found is None:
             key = failure_key(script=script, voice=voice, mode=ctx.settings.tts_mode)
             raise _not_ready(synthesis_failure(ctx.store, key))
+        clip, made = found
         command_id = command_id_for(ctx.delivery_id)
         command, details = build_play_command(
             notice=ctx.notice,
@@ -345,6 +381,7 @@ class SpeakerChannel(Channel):
             keyring=self._keyring,
             settings=ctx.settings,
             clip=clip,
+            made=made,
             now=self._clock(),
         )
         dispatch_command(command, store=ctx.store, settings=ctx.settings, publisher=self._publisher)

@@ -87,8 +87,10 @@ def prepare_clips(
             log.warning("synthesis skipped: %s", exc.render("en"))
             return report
     wanted: dict[str, tuple[str, Voice, int]] = {}
+    scripts: dict[int, str] = {}
     for w in sorted(waiting, key=lambda w: w.notice.priority != "emergency"):
-        script, voice = script_for(w.notice), voice_for(registry, w.village_id)
+        script = scripts.get(w.notice.id) or scripts.setdefault(w.notice.id, script_for(w.notice))
+        voice = voice_for(registry, w.village_id)
         key = failure_key(script=script, voice=voice, mode=settings.tts_mode)
         wanted.setdefault(key, (script, voice, w.notice.id))
     synth = synthesizer or shared_synthesizer(settings.tts_mode)

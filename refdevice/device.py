@@ -40,6 +40,7 @@ from content_queue.i18n import tr
 from refdevice.player import Player, SimulatedSink, Sink, Slot, slots_for
 
 if TYPE_CHECKING:
+    import httpx
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from paho.mqtt.reasoncodes import ReasonCode
 
@@ -65,6 +66,21 @@ class _BadClip(ValueError):
 
 class _BadBody(ValueError):
     pass
+
+
+_http: httpx.Client | None = None
+_http_lock = threading.Lock()
+
+
+def _http_client() -> httpx.Client:
+    """One HTTP client per process (keep-alive, TLS set up once) for every simulated speaker."""
+    global _http
+    with _http_lock:
+        if _http is None:
+            import httpx
+
+            _http = httpx.Client(timeout=10)
+        return _http
 
 
 class ReferenceDevice:
@@ -283,7 +299,7 @@ class ReferenceDevice:
         import httpx
 
         try:
-            data = httpx.get(url, timeout=10).raise_for_status().content
+            data = _http_client().get(url).raise_for_status().content
         except httpx.HTTPError as exc:
             raise _BadClip(f"cannot fetch the clip: {type(exc).__name__}") from exc
         if hashlib.sha256(data).hexdigest() != sha256:
@@ -687,6 +703,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--password-env", help="name of the variable holding the password")
     parser.add_argument("--keepalive", type=int, default=30)
     parser.add_argument("--max-skew", type=int, default=300)
+    parser.add_argument(
+        "--play-speed",
+        type=float,
+        default=0.01,
+        help="speaker: a simulated play lasts this fraction of the clip's real duration",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -706,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind=args.kind,
         keepalive=args.keepalive,
         max_skew=args.max_skew,
+        play_speed=args.play_speed,
     )
     until = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
