@@ -333,6 +333,38 @@ def _submit(title: str, body: str, targets: dict[str, Any]) -> int:
     return sub.notice.id
 
 
+def _phases(nid: int, t0: datetime) -> dict[str, float]:
+    """Seconds from `notice add` to the first claim by a fan-out worker (the clip was made
+    by then), to the last command published, and to the last ack recorded."""
+    from sqlalchemy import func, select
+
+    from content_queue.db import Attempt, Delivery, DeviceCommand
+    from content_queue.settings import get_settings
+    from dispatcher import service
+
+    store = service.open_store(get_settings())
+    with store.session(readonly=True) as s:
+        claimed = s.scalar(
+            select(func.min(Attempt.started_at))
+            .join(Delivery, Delivery.id == Attempt.delivery_id)
+            .where(Delivery.notice_id == nid)
+        )
+        published = s.scalar(
+            select(func.max(DeviceCommand.published_at))
+            .join(Delivery, Delivery.id == DeviceCommand.delivery_id)
+            .where(Delivery.notice_id == nid)
+        )
+        acked = s.scalar(select(func.max(Delivery.delivered_at)).where(Delivery.notice_id == nid))
+    return {
+        name: round((t - t0).total_seconds(), 3) if t is not None else math.nan
+        for name, t in (
+            ("first_claim", claimed),
+            ("last_published", published),
+            ("last_ack", acked),
+        )
+    }
+
+
 def _acks(nid: int) -> tuple[list[datetime], dict[str, int]]:
     from sqlalchemy import func, select
 
@@ -370,9 +402,12 @@ class FanOut:
     cached_first: float = math.nan  # the same notice again, clip cached
     cached_last: float = math.nan
     statuses: dict[str, int] = field(default_factory=dict)
+    phases: list[dict[str, float]] = field(default_factory=list)
 
 
-def _emergency_to_all(n: int, timeout: float) -> tuple[float, float, dict[str, int]]:
+def _emergency_to_all(
+    n: int, timeout: float
+) -> tuple[float, float, dict[str, int], dict[str, float]]:
     from content_queue.store import utcnow
 
     t0 = utcnow()
@@ -383,6 +418,7 @@ def _emergency_to_all(n: int, timeout: float) -> tuple[float, float, dict[str, i
         (delivered[0] - t0).total_seconds(),
         (delivered[-1] - t0).total_seconds(),
         statuses,
+        _phases(nid, t0),
     )
 
 
@@ -426,8 +462,9 @@ def run_fanout(setup: str, n: int, *, timeout: float, keep: bool) -> FanOut:
             with listener(n, timeout), worker_process(home / "worker.log"):
                 warm = _submit(*WARM, {"villages": [f"v{i:05d}" for i in range(min(5, n))]})
                 _wait_for(lambda: len(_acks(warm)[0]) >= min(5, n), 120, "warm-up notice")
-                result.first, result.last, result.statuses = _emergency_to_all(n, timeout)
-                result.cached_first, result.cached_last, _ = _emergency_to_all(n, timeout)
+                result.first, result.last, result.statuses, cold = _emergency_to_all(n, timeout)
+                result.cached_first, result.cached_last, _, cached = _emergency_to_all(n, timeout)
+                result.phases = [cold, cached]
             farm.close()
             farm = None
         if result.statuses.get("delivered") != n:
@@ -504,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         if not r.ok:
             print(f"{r.setup}: FAILED: {r.error}")
+        for label, phases in zip(("cold", "cached"), r.phases, strict=False):
+            print(f"{r.setup} {label}: s after notice add: {phases}")
     if args.json:
         args.json.write_text(
             json.dumps(
