@@ -139,16 +139,17 @@ def make_clip(
     script: str,
     voice: Voice,
     notice_id: int | None = None,
+    wait: float = 600.0,
 ) -> tuple[Clip, bool]:
-    """The clip of a script, synthesized now unless cached (holding a synthesis slot);
-    returns (clip, it was a cache hit)."""
+    """The clip of a script, synthesized now unless cached (holding a synthesis slot, waited
+    for at most ``wait`` seconds); returns (clip, it was a cache hit)."""
     clips, _, hit = synthesize_clip(
         ClipCache.for_settings(settings),
         synthesizer,
         script=script,
         voice=voice,
         fmt="mp3",
-        limit=synthesis_slots(settings).hold(),
+        limit=synthesis_slots(settings).hold(timeout=wait),
         meta={"notice": notice_id} if notice_id is not None else None,
     )
     return clips[0], hit
@@ -278,7 +279,9 @@ def resync_play_command(
     script, voice = script_for(notice), voice_for(registry, village_id)
     found = cached_clip(settings, script=script, voice=voice)
     if found is None:  # evicted since: rare, and a re-sync is one device
-        clip, _ = make_clip(settings, synthesizer, script=script, voice=voice, notice_id=notice.id)
+        clip, _ = make_clip(
+            settings, synthesizer, script=script, voice=voice, notice_id=notice.id, wait=30
+        )
     else:
         clip = found[0]
     command, _ = build_play_command(
