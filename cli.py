@@ -1867,7 +1867,7 @@ def speak(
 ) -> None:
     from channels._audio import ClipCache, synthesize_clip
     from channels._speech_text import normalise
-    from channels.speaker import script_for
+    from channels.speaker import script_for, synthesis_slots
     from channels.tts import Synthesizer, Voice
 
     if (text is None) == (notice_id is None):
@@ -1888,6 +1888,7 @@ def speak(
         script=script,
         voice=Voice(),
         fmt="amr" if fmt == "amr" else "mp3",
+        limit=synthesis_slots(settings).hold(),  # counts against the workers' bound
     )
     target = out or Path(f"villagecast-speak.{fmt}")
     if len(clips) == 1:
@@ -2118,11 +2119,25 @@ def serve() -> None:
 
 
 @app.command(
-    "worker", help=h("运行 Celery 工作进程（含补发器）", "run the Celery worker (with the sweeper)")
+    "worker",
+    help=h(
+        "运行 Celery 工作进程（含补发器和语音合成工作进程）",
+        "run the Celery worker (with the sweeper and the speech synthesis worker)",
+    ),
 )
 def worker(
     concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
     no_sweeper: Annotated[bool, typer.Option("--no-sweeper")] = False,
+    no_synthesis: Annotated[
+        bool,
+        typer.Option(
+            "--no-synthesis",
+            help=h(
+                "不启动语音合成工作进程（vc.synthesis 队列由别处处理）",
+                "start no speech synthesis worker (vc.synthesis is consumed elsewhere)",
+            ),
+        ),
+    ] = False,
     loglevel: Annotated[str, typer.Option("--loglevel")] = "INFO",
     queues: Annotated[
         str | None,
@@ -2143,6 +2158,7 @@ def worker(
     run_worker(
         concurrency=concurrency,
         sweeper=not no_sweeper,
+        synthesis=not no_synthesis,
         loglevel=loglevel,
         **({"kinds": kinds} if kinds else {}),
     )

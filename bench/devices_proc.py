@@ -112,6 +112,7 @@ class DeviceFarm:
         max_skew: int = 300,
         window: int = 100,
         presence: bool = True,
+        kind: Literal["led", "speaker"] = "led",
     ) -> None:
         self.host, self.port, self.prefix = host, port, prefix
         self.keepalive = keepalive
@@ -128,6 +129,7 @@ class DeviceFarm:
                 state_dir=Path("/nonexistent"),  # never written: _save is a no-op
                 prefix=prefix,
                 max_skew=max_skew,
+                kind=kind,
             )
             self.slots.append(_Slot(board, self._client(device_id), prefix))
         self.subscribed = 0
@@ -394,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=100, help="handshakes in flight")
     parser.add_argument("--connect-timeout", type=float, default=300)
     parser.add_argument("--no-presence", action="store_true", help="no online/offline messages")
+    parser.add_argument(
+        "--kind",
+        choices=["led", "speaker"],
+        default="led",
+        help="speaker: each fetches and verifies the clip and acks `played` (plays not run)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     keyring = load_public_keyring(json.loads(args.keyring.read_text(encoding="utf-8")))
@@ -407,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         max_skew=args.max_skew,
         window=args.window,
         presence=not args.no_presence,
+        kind=args.kind,
     )
 
     def _stop(*_: object) -> None:

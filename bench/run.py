@@ -1,7 +1,7 @@
 """villagecast benchmarks: each figure beside a baseline measured in the same run.
 
     scripts/dev bench            # or: python bench/run.py [--quick] [--json FILE]
-                                 #   [--no-devices] [--no-dashboard]
+                                 #   [--no-devices] [--no-dashboard] [--no-speakers]
 
 Everything runs on loopback: a temporary data directory, the embedded SQLite broker,
 and a redis-server started here when the binary is installed.
@@ -295,6 +295,11 @@ def main() -> None:
     parser.add_argument(
         "--no-dashboard", action="store_true", help="skip the dashboard overview load"
     )
+    parser.add_argument(
+        "--no-speakers",
+        action="store_true",
+        help="skip the loudspeaker figures (synthesis, cache, 500 speakers: about 4 minutes)",
+    )
     args = parser.parse_args()
     n = 200 if args.quick else 1000
     runs = 3 if args.quick else 9
@@ -368,6 +373,10 @@ def main() -> None:
         from bench.dashboard import dashboard_rows
 
         rows += dashboard_rows(quick=args.quick)
+    if not args.no_speakers:
+        from bench.speaker import speaker_rows
+
+        rows += speaker_rows(quick=args.quick)
     width = max(len(r.what) for r in rows)
     print(f"{'figure':<{width}}  {'value':>10}  {'baseline':>10}  ratio   goal      baseline is")
     for r in rows:

@@ -33,6 +33,7 @@ __all__ = [
     "WECOM_VOICE_MAX_SECONDS",
     "Clip",
     "ClipCache",
+    "lookup_clips",
     "probe_duration",
     "synthesize_clip",
     "to_loudspeaker_mp3",
@@ -42,8 +43,8 @@ __all__ = [
 ClipFormat = Literal["mp3", "amr"]
 
 LOUDNESS_LUFS = -16.0
-"""Target loudness of loudspeaker speech, true peak -1.5 dB: loud outdoors without clipping.
-Single-pass loudnorm lands within about 2 LU of it on clips of a few seconds."""
+"""Target loudness of loudspeaker speech, peaks limited to -2 dBFS: loud outdoors without
+clipping. espeak-ng speech lands within 1 LU of it (see _normalise_chain)."""
 LOUDSPEAKER_RATE = 44100
 LOUDSPEAKER_BITRATE = "64k"
 WECOM_VOICE_MAX_SECONDS = 60.0
@@ -51,7 +52,21 @@ WECOM_VOICE_MAX_BYTES = 2 * 1024 * 1024
 # Cut a little below 60 s: AMR frames are 20 ms and players round durations up.
 _AMR_TARGET_SECONDS = 58.0
 _FFMPEG_TIMEOUT = 300.0
-_LOUDNORM = f"loudnorm=I={LOUDNESS_LUFS}:TP=-1.5:LRA=11"
+# Loudness is normalised in two cheap passes rather than with ffmpeg's single-pass
+# ``loudnorm``: that filter resamples to 192 kHz and cost 60-70% of a clip's making
+# (docs/performance.md). Pass 1 measures the integrated loudness of the gently compressed
+# speech (ebur128 without true-peak oversampling); pass 2 compresses the same way, applies
+# the gain to the target, and a limiter at -2 dBFS catches the peaks (0.5 dB below the -1.5
+# dBTP of the old chain, for inter-sample peaks).
+_COMPRESS = "acompressor=threshold=-18dB:ratio=3:attack=5:release=50"
+_LIMIT = f"alimiter=limit={10 ** (-2.0 / 20):.4f}:level=false"
+_MAX_GAIN_DB = 30.0  # near-silence is not blown up into noise
+_LIMITER_LOSS_DB = 0.7  # what the limiter takes off compressed speech (espeak-ng: 0.5-1.0)
+# LAME's quality 7 (0 best and slowest, 9 fastest): for 64 kbit/s mono speech the difference
+# is not audible on a horn loudspeaker, and it encodes twice as fast as the default.
+_LAME_QUALITY = "7"
+_LOUDNESS = re.compile(r"\bI:\s+(-?[\d.]+|-inf) LUFS")
+_STATS_TIME = re.compile(r"time=(\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # Two overlapping bell tones (B5 then G5) with a 5 ms attack: the "ding-dong" before village
 # announcements. Peak -10 dBFS, quieter than speech at -16 LUFS, so the voice stays the focus.
 _CHIME = (
@@ -73,9 +88,10 @@ class Clip:
     size: int
 
     @classmethod
-    def from_file(cls, path: Path, fmt: ClipFormat) -> Clip:
+    def from_file(cls, path: Path, fmt: ClipFormat, *, duration_s: float | None = None) -> Clip:
         data = path.read_bytes()
-        return cls(path, hashlib.sha256(data).hexdigest(), fmt, probe_duration(path), len(data))
+        duration = probe_duration(path) if duration_s is None else duration_s
+        return cls(path, hashlib.sha256(data).hexdigest(), fmt, duration, len(data))
 
 
 def _tool(name: str) -> str:
@@ -129,6 +145,25 @@ def _ffmpeg(args: Sequence[str]) -> str:
     return proc.stderr
 
 
+def _normalise_chain(src: Path) -> str:
+    """The filters that bring ``src`` to LOUDNESS_LUFS (pass 1 measures; see _COMPRESS)."""
+    err = _ffmpeg(["-nostats", "-i", str(src), "-af", f"{_COMPRESS},ebur128", "-f", "null", "-"])
+    found = _LOUDNESS.findall(err)
+    loudness = float(found[-1]) if found and found[-1] != "-inf" else -70.0
+    gain = max(-_MAX_GAIN_DB, min(_MAX_GAIN_DB, LOUDNESS_LUFS - loudness + _LIMITER_LOSS_DB))
+    return f"{_COMPRESS},volume={gain:.2f}dB,{_LIMIT}"
+
+
+def _encoded_seconds(stderr: str) -> float | None:
+    """The output duration from ffmpeg's final stats line (within a frame of ffprobe's
+    packet sum, and it saves running ffprobe)."""
+    found = _STATS_TIME.findall(stderr)
+    if not found:
+        return None
+    hours, minutes, seconds = found[-1]
+    return round(int(hours) * 3600 + int(minutes) * 60 + float(seconds), 3)
+
+
 def probe_duration(path: Path) -> float:
     """Duration in seconds: the sum of the audio packets' durations as ffprobe reads them.
 
@@ -173,8 +208,15 @@ def to_loudspeaker_mp3(
     """Mono 44.1 kHz 64 kbit/s MP3, loudness-normalised, optionally between two chimes."""
     _require_encoder("libmp3lame", "ffmpeg")
     fmt = f"aformat=sample_fmts=fltp:sample_rates={LOUDSPEAKER_RATE}:channel_layouts=mono"
-    norm = f"{_LOUDNORM},aresample={LOUDSPEAKER_RATE},{fmt}," if loudnorm else ""
-    graph = [f"[0:a]aresample={LOUDSPEAKER_RATE},{fmt},{norm}anull[speech]"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _source(audio, src_format) as src:
+        norm = f"{_normalise_chain(src)}," if loudnorm else ""
+        graph = [f"[0:a]{norm}aresample={LOUDSPEAKER_RATE},{fmt},anull[speech]"]
+        return _encode_mp3(src, graph, out, chime=chime)
+
+
+def _encode_mp3(src: Path, graph: list[str], out: Path, *, chime: bool) -> Clip:
+    fmt = f"aformat=sample_fmts=fltp:sample_rates={LOUDSPEAKER_RATE}:channel_layouts=mono"
     if chime:
         graph.append(f"{_CHIME.format(rate=LOUDSPEAKER_RATE)},{fmt},asplit=2[c1][c2]")
         graph.append("[c1]apad=pad_dur=0.4[open]")
@@ -182,12 +224,11 @@ def to_loudspeaker_mp3(
         graph.append("[open][speech][close]concat=n=3:v=0:a=1[out]")
     else:
         graph.append("[speech]anull[out]")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _source(audio, src_format) as src:
-        args = ["-i", str(src), "-filter_complex", ";".join(graph), "-map", "[out]"]
-        args += ["-map_metadata", "-1", "-ac", "1", "-ar", str(LOUDSPEAKER_RATE)]
-        _ffmpeg([*args, "-c:a", "libmp3lame", "-b:a", LOUDSPEAKER_BITRATE, "-f", "mp3", str(out)])
-    return Clip.from_file(out, "mp3")
+    args = ["-i", str(src), "-filter_complex", ";".join(graph), "-map", "[out]"]
+    args += ["-map_metadata", "-1", "-ac", "1", "-ar", str(LOUDSPEAKER_RATE)]
+    args += ["-c:a", "libmp3lame", "-b:a", LOUDSPEAKER_BITRATE]
+    err = _ffmpeg([*args, "-compression_level", _LAME_QUALITY, "-f", "mp3", str(out)])
+    return Clip.from_file(out, "mp3", duration_s=_encoded_seconds(err))
 
 
 def _silence_midpoints(wav: Path) -> list[float]:
@@ -232,7 +273,7 @@ def to_wecom_amr(
     out_dir.mkdir(parents=True, exist_ok=True)
     with _source(audio, src_format) as src:
         wav = src.with_name("mono8k.wav")
-        chain = f"{_LOUDNORM}," if loudnorm else ""
+        chain = f"{_normalise_chain(src)}," if loudnorm else ""
         args = ["-i", str(src), "-af", f"{chain}aresample=8000", "-ac", "1", "-ar", "8000"]
         _ffmpeg([*args, "-c:a", "pcm_s16le", str(wav)])
         duration = probe_duration(wav)
@@ -295,9 +336,18 @@ class ClipCache:
     stored once and deleted only when no key refers to them.
     """
 
-    def __init__(self, directory: Path, *, max_bytes: int = 500 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 500 * 1024 * 1024,
+        touch_interval: float = 60.0,
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.touch_interval = touch_interval
+        """A hit records its use only if the last one is older: eviction by age needs no
+        finer grain, and a fan-out's hits stay read-only."""
         directory.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -359,8 +409,21 @@ class ClipCache:
         path = self.directory / f"{item['sha256']}.{fmt}"
         return Clip(path, item["sha256"], fmt, float(item["duration_s"]), int(item["size"]))
 
-    def get_all(self, key: str) -> list[Clip] | None:
-        """All clips stored under ``key`` (several for a split AMR), marking them used."""
+    def get_entry(self, key: str) -> tuple[list[Clip], dict[str, Any]] | None:
+        """The clips stored under ``key`` (several for a split AMR) and what was recorded
+        when they were made (engine, voice, fallback reason, the notice they were made for).
+
+        A hit reads the index without the lock (it is only ever replaced whole, by rename):
+        the speaker channel looks a clip up for every delivery of a fan-out. Its last use is
+        written at most once a minute, which is all eviction by age needs.
+        """
+        entry = self._load().get(key)
+        if entry is None:
+            return None
+        clips = [self._clip(item) for item in entry["clips"]]
+        present = all(c.path.is_file() for c in clips)
+        if present and time.time() - float(entry.get("last_used", 0)) < self.touch_interval:
+            return clips, dict(entry.get("meta") or {})
         with self._locked():
             entries = self._load()
             entry = entries.get(key)
@@ -373,7 +436,12 @@ class ClipCache:
                 return None
             entry["last_used"] = time.time()
             self._save(entries)
-            return clips
+            return clips, dict(entry.get("meta") or {})
+
+    def get_all(self, key: str) -> list[Clip] | None:
+        """All clips stored under ``key`` (several for a split AMR), marking them used."""
+        found = self.get_entry(key)
+        return found[0] if found else None
 
     def get(self, key: str) -> Clip | None:
         """The clip stored under ``key`` (the first part of a split AMR; see get_all)."""
@@ -453,6 +521,34 @@ class ClipCache:
         return dropped
 
 
+def _variant(fmt: ClipFormat, chime: bool) -> str:
+    return f"{fmt}+chime" if chime and fmt == "mp3" else fmt
+
+
+def _engines(mode: str) -> tuple[str, ...]:
+    return ("edge", "offline") if mode == "auto" else (mode,)
+
+
+def lookup_clips(
+    cache: ClipCache,
+    *,
+    mode: str,
+    script: str,
+    voice: Voice,
+    fmt: ClipFormat,
+    chime: bool = False,
+) -> tuple[list[Clip], dict[str, Any]] | None:
+    """The cached clips ``synthesize_clip`` would return and their record, without
+    synthesizing anything."""
+    variant = _variant(fmt, chime)
+    for engine in _engines(mode):
+        key = ClipCache.key(script=script, engine=engine, voice=voice, fmt=variant)
+        found = cache.get_entry(key)
+        if found:
+            return found
+    return None
+
+
 def synthesize_clip(
     cache: ClipCache,
     synth: Synthesizer,
@@ -461,51 +557,58 @@ def synthesize_clip(
     voice: Voice,
     fmt: ClipFormat,
     chime: bool = False,
+    limit: contextlib.AbstractContextManager[object] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> tuple[list[Clip], Synthesis | None, bool]:
     """Clips for a script, synthesized at most once per key across processes.
 
     Returns (clips, the synthesis or None on a cache hit, cache_hit). In auto mode a cached
     offline clip of the same script is reused, so every village hears the same audio even if
     edge recovers halfway through a fan-out. A chime makes a different MP3 (key format
-    ``mp3+chime``).
+    ``mp3+chime``). ``limit`` is held around the synthesis itself (not a cache hit): the
+    machine-wide bound on concurrent syntheses (channels/_synthesis.py). ``meta`` is kept
+    with the clip (e.g. the notice it was first made for).
     """
-    variant = f"{fmt}+chime" if chime and fmt == "mp3" else fmt
-    engines = ("edge", "offline") if synth.mode == "auto" else (synth.mode,)
+    variant = _variant(fmt, chime)
+    engines = _engines(synth.mode)
 
     def key_for(engine: str) -> str:
         return ClipCache.key(script=script, engine=engine, voice=voice, fmt=variant)
 
     def lookup() -> list[Clip] | None:
-        for engine in engines:
-            clips = cache.get_all(key_for(engine))
-            if clips:
-                return clips
-        return None
+        found = lookup_clips(
+            cache, mode=synth.mode, script=script, voice=voice, fmt=fmt, chime=chime
+        )
+        return found[0] if found else None
 
     if clips := lookup():
         return clips, None, True
     with cache.synthesis_lock(key_for(engines[0])):
         if clips := lookup():
             return clips, None, True
-        synthesis = synth.synthesize(script, voice)
-        with tempfile.TemporaryDirectory(prefix="vc-clips-") as tmp:
-            if fmt == "mp3":
-                made = [
-                    to_loudspeaker_mp3(
-                        synthesis.audio,
-                        src_format=synthesis.format,
-                        out=Path(tmp) / "clip.mp3",
-                        chime=chime,
+        with limit if limit is not None else contextlib.nullcontext():
+            synthesis = synth.synthesize(script, voice)
+            with tempfile.TemporaryDirectory(prefix="vc-clips-") as tmp:
+                if fmt == "mp3":
+                    made = [
+                        to_loudspeaker_mp3(
+                            synthesis.audio,
+                            src_format=synthesis.format,
+                            out=Path(tmp) / "clip.mp3",
+                            chime=chime,
+                        )
+                    ]
+                else:
+                    made = to_wecom_amr(
+                        synthesis.audio, src_format=synthesis.format, out_dir=Path(tmp)
                     )
-                ]
-            else:
-                made = to_wecom_amr(synthesis.audio, src_format=synthesis.format, out_dir=Path(tmp))
-            meta = {
-                "engine": synthesis.engine,
-                "voice": synthesis.voice,
-                "fallback_reason": synthesis.fallback_reason,
-                "chars": len(script),
-                "format": variant,
-            }
-            stored = cache.put_clips(key_for(synthesis.engine), made, meta)
+                record = {
+                    **(meta or {}),
+                    "engine": synthesis.engine,
+                    "voice": synthesis.voice,
+                    "fallback_reason": synthesis.fallback_reason,
+                    "chars": len(script),
+                    "format": variant,
+                }
+                stored = cache.put_clips(key_for(synthesis.engine), made, record)
     return stored, synthesis, False

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Literal
 
-__all__ = ["DEFAULT_TIMES", "PlannedPlay", "PlayPlan", "in_quiet_hours", "plan_plays"]
+__all__ = [
+    "DEFAULT_TIMES",
+    "PlannedPlay",
+    "PlayPlan",
+    "in_quiet_hours",
+    "plan_plays",
+    "seconds_until_quiet",
+]
 
 Priority = Literal["routine", "important", "emergency"]
 QuietPolicy = Literal["move", "skip"]
@@ -71,6 +78,20 @@ def in_quiet_hours(moment: datetime, quiet: tuple[str, str] | None, tz: tzinfo) 
     if not inside:
         return None
     return datetime.combine(end_day, end, tzinfo=tz)
+
+
+def seconds_until_quiet(
+    moment: datetime, quiet: tuple[str, str] | None, tz: tzinfo
+) -> float | None:
+    """Seconds from ``moment`` to the next start of the quiet hours (None without any)."""
+    if quiet is None:
+        return None
+    start = _parse(quiet[0])
+    local = moment.astimezone(tz)
+    begin = datetime.combine(local.date(), start, tzinfo=tz)
+    if begin <= local:
+        begin = datetime.combine(local.date() + timedelta(days=1), start, tzinfo=tz)
+    return (begin - local).total_seconds()
 
 
 def plan_plays(

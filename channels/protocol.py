@@ -208,11 +208,18 @@ class Ack(BaseModel):
         default=None,
         description="the command's delivery id, when the command's signature verified",
     )
+    play_at: UnixTime | None = Field(
+        default=None,
+        description="speaker.play only: the planned time (from body.plays) of the one play "
+        "this ack reports as heard in full; absent in the ack that accepts the command",
+    )
 
     @model_validator(mode="after")
     def _reason_iff_rejected(self) -> Ack:
         if (self.status == "rejected") != (self.reason is not None):
             raise ValueError("reason is required for rejected acks and only for them")
+        if self.play_at is not None and self.status != "played":
+            raise ValueError("play_at belongs to played acks only")
         return self
 
 

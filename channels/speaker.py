@@ -7,41 +7,87 @@ Features
                 offline fallback; the delivery records which engine spoke (channels/tts.py)
     audio       loudness-normalised MP3, cached by (script, engine, voice, format) so a
                 notice to 400 villages is synthesized once; served at /audio/<sha256>.mp3
+    synthesis   never here: the `villagecast.synthesize` task (queue vc.synthesis, at most
+                VILLAGECAST_SYNTHESIS_CONCURRENCY at once per machine) makes the clip
+                first; a delivery whose clip is not in the cache retries (clip_pending),
+                or fails with the reason the synthesis noted (dispatcher/synthesis.py)
     plan        now, then the village's daily times; quiet hours (default 21:30-06:30) move
-                or skip routine plays; emergencies play at once (channels/_play_plan.py)
+                or skip routine plays; emergencies play at once (channels/_play_plan.py);
+                `window_s` keeps a delayed play out of the quiet hours
     transport   signed `speaker.play` over MQTT, QoS 1, never retained (docs/device-protocol.md)
-    confirms    'sent' when the broker accepts it, 'delivered' on the first `played` ack
+    confirms    'sent' when the broker accepts it, 'delivered' on the first `played` ack;
+                each play heard is acked again with its `play_at` and kept per delivery
+                (content_queue/loudspeakers.py), so a re-sync after a fresh boot sends only
+                the plays still to come
     config      devices.yaml `speaker` endpoints (device_id, zone), village `voice` and
                 `quiet_hours`, defaults; VILLAGECAST_TTS_MODE (auto|edge|offline)
+
+Errors
+    clip_pending        transient: the clip is not synthesized yet (or was evicted)
+    <engine code>       as the synthesis noted it: e.g. ``offline espeak-ng`` (permanent),
+                        ``edge 429`` (transient, edge-only mode), ``config`` (engine missing)
+    no_play_time        content: every play falls in quiet hours or after the expiry
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from channels._audio import ClipCache, synthesize_clip
+from channels._audio import Clip, ClipCache, lookup_clips, synthesize_clip
 from channels._device import command_id_for, dispatch_command
 from channels._mqtt import Publisher
-from channels._play_plan import plan_plays
+from channels._play_plan import PlannedPlay, plan_plays, seconds_until_quiet
 from channels._recall import recall_on_device
 from channels._speech_text import spoken_script
-from channels.base import Channel, ChannelLimits, ContentError, DeliveryContext, SendResult
+from channels._synthesis import SynthesisSlots
+from channels.base import (
+    Channel,
+    ChannelLimits,
+    ContentError,
+    DeliveryContext,
+    PermanentError,
+    SendResult,
+    TransientError,
+)
 from channels.keys import Keyring
 from channels.protocol import Command, sign_command
 from channels.tts import Synthesizer, Voice
 from content_queue.errors import ConfigError
 from content_queue.i18n import tr
+from content_queue.loudspeakers import (
+    SynthesisFailure,
+    planned_plays,
+    played_at,
+    synthesis_failure,
+)
 from content_queue.models import local_tz
 from content_queue.registry import EndpointKind, Registry, SpeakerEndpoint
 from content_queue.settings import Settings
-from content_queue.store import NoticeView, utcnow
+from content_queue.store import NoticeView, Store, utcnow
 
-__all__ = ["DEFAULT_VOICE", "SpeakerChannel", "build_play_command", "script_for", "voice_for"]
+__all__ = [
+    "DEFAULT_VOICE",
+    "MAX_WINDOW_SECONDS",
+    "SpeakerChannel",
+    "build_play_command",
+    "cached_clip",
+    "failure_key",
+    "make_clip",
+    "resync_play_command",
+    "script_for",
+    "synthesis_slots",
+    "voice_for",
+]
 
 DEFAULT_VOICE = "zh-CN-XiaoxiaoNeural"
 REPEATS = {"routine": 2, "important": 2, "emergency": 3}
 """How many times the clip is said at each play: villagers expect to hear it twice."""
+_MEMO = 64
+MAX_WINDOW_SECONDS = 600
+"""How late a routine or important play may still start on the device (an emergency held
+the speaker, it was off): later than that, villagers have gone back to the fields."""
 
 
 def script_for(notice: NoticeView) -> str:
@@ -60,6 +106,65 @@ def voice_for(registry: Registry, village_id: str | None) -> Voice:
     return Voice(name=name)
 
 
+def synthesis_slots(settings: Settings) -> SynthesisSlots:
+    """The machine-wide bound on concurrent syntheses (beside the clip cache)."""
+    return SynthesisSlots(
+        ClipCache.for_settings(settings).directory / "slots", settings.synthesis_concurrency
+    )
+
+
+def failure_key(*, script: str, voice: Voice, mode: str) -> str:
+    """Names one clip request (whatever engine ends up speaking) for failure notes."""
+    return ClipCache.key(script=script, engine=f"request-{mode}", voice=voice, fmt="mp3")
+
+
+def cached_clip(
+    settings: Settings, *, script: str, voice: Voice
+) -> tuple[Clip, dict[str, Any]] | None:
+    """The clip of a script from the cache, with the record of how it was made."""
+    found = lookup_clips(
+        ClipCache.for_settings(settings),
+        mode=settings.tts_mode,
+        script=script,
+        voice=voice,
+        fmt="mp3",
+    )
+    return (found[0][0], found[1]) if found else None
+
+
+def make_clip(
+    settings: Settings,
+    synthesizer: Synthesizer,
+    *,
+    script: str,
+    voice: Voice,
+    notice_id: int | None = None,
+    wait: float = 600.0,
+) -> tuple[Clip, bool]:
+    """The clip of a script, synthesized now unless cached (holding a synthesis slot, waited
+    for at most ``wait`` seconds); returns (clip, it was a cache hit)."""
+    clips, _, hit = synthesize_clip(
+        ClipCache.for_settings(settings),
+        synthesizer,
+        script=script,
+        voice=voice,
+        fmt="mp3",
+        limit=synthesis_slots(settings).hold(timeout=wait),
+        meta={"notice": notice_id} if notice_id is not None else None,
+    )
+    return clips[0], hit
+
+
+def _window_seconds(plays: list[PlannedPlay], quiet: tuple[str, str] | None) -> int:
+    """How late a play may start and still be heard before the quiet hours begin."""
+    window = float(MAX_WINDOW_SECONDS)
+    for play in plays:
+        left = seconds_until_quiet(play.at, quiet, local_tz())
+        if left is not None:
+            window = min(window, left)
+    return max(1, int(window))
+
+
 def build_play_command(
     *,
     notice: NoticeView,
@@ -70,25 +175,27 @@ def build_play_command(
     command_id: str,
     keyring: Keyring,
     settings: Settings,
-    synthesizer: Synthesizer,
+    clip: Clip,
+    made: dict[str, Any] | None = None,
     now: datetime,
+    plays: list[datetime] | None = None,
 ) -> tuple[Command, dict[str, Any]]:
-    """Synthesize (or reuse) the clip, plan the plays, sign a ``speaker.play``."""
-    script = script_for(notice)
-    cache = ClipCache.for_settings(settings)
-    clips, synthesis, hit = synthesize_clip(
-        cache, synthesizer, script=script, voice=voice_for(registry, village_id), fmt="mp3"
-    )
-    clip = clips[0]
-    quiet = registry.quiet_hours(village_id) if village_id else None
-    plan = plan_plays(
-        priority=notice.priority if notice.priority in REPEATS else "routine",  # type: ignore[arg-type]
-        now=now,
-        tz=local_tz(),
-        quiet=(quiet.start, quiet.end) if quiet else None,
-        expires_at=notice.expires_at,
-    )
-    if not plan.plays:
+    """Plan the plays (or take ``plays`` as they are, for a re-sync) and sign a
+    ``speaker.play`` for a clip already made (``made``: its record in the cache)."""
+    quiet_hours = registry.quiet_hours(village_id) if village_id else None
+    quiet = (quiet_hours.start, quiet_hours.end) if quiet_hours else None
+    if plays is None:
+        plan = plan_plays(
+            priority=notice.priority if notice.priority in REPEATS else "routine",  # type: ignore[arg-type]
+            now=now,
+            tz=local_tz(),
+            quiet=quiet,
+            expires_at=notice.expires_at,
+        )
+        planned, skipped = plan.plays, len(plan.skipped)
+    else:
+        planned, skipped = [PlannedPlay(at) for at in sorted(plays)], 0
+    if not planned:
         raise ContentError(
             tr(
                 "没有可以播放的时间：所有时段都在静音时段内或通知已过期",
@@ -96,12 +203,13 @@ def build_play_command(
             ),
             code="no_play_time",
         )
-    last = plan.plays[-1].at
+    last = planned[-1].at
     ttl = now + timedelta(seconds=settings.command_ttl_seconds)
     expires = max(last + timedelta(hours=1), min(notice.expires_at or ttl, ttl))
     if notice.expires_at is not None:
         expires = min(expires, notice.expires_at)
-    body = {
+    emergency = notice.priority == "emergency"
+    body: dict[str, Any] = {
         "clip": {
             "url": f"{settings.resolved_feed_base_url}/audio/{clip.path.name}",
             "sha256": clip.sha256,
@@ -111,10 +219,12 @@ def build_play_command(
         },
         "repeat": REPEATS.get(notice.priority, 2),
         "gap_ms": 3000,
-        "volume": 100 if notice.priority == "emergency" else 80,
-        "plays": [int(p.at.timestamp()) for p in plan.plays],
-        "preempt": notice.priority == "emergency",
+        "volume": 100 if emergency else 80,
+        "plays": [int(p.at.timestamp()) for p in planned],
+        "preempt": emergency,
     }
+    if not emergency:  # an emergency may play late, up to its expiry, quiet hours or not
+        body["window_s"] = _window_seconds(planned, quiet)
     command = sign_command(
         key=keyring.active(),
         command_id=command_id,
@@ -128,18 +238,82 @@ def build_play_command(
         expires_at=int(expires.timestamp()),
         body=body,
     )
-    # A cache hit has no Synthesis of its own: the clip's record says which engine spoke.
-    made = (cache.meta_for(clip.sha256) or {}) if synthesis is None else {}
+    if made is None:
+        made = ClipCache.for_settings(settings).meta_for(clip.sha256) or {}
     details = {
-        "engine": synthesis.engine if synthesis else made.get("engine", "unknown"),
-        "fallback": synthesis.fallback_reason if synthesis else made.get("fallback_reason"),
-        "cache_hit": hit,
+        "engine": made.get("engine", "unknown"),
+        "fallback": made.get("fallback_reason"),
+        # The clip was made for another notice (the same script said before): no synthesis.
+        "cache_hit": made.get("notice") != notice.id,
         "clip": clip.sha256,
-        "plays": [p.at.isoformat() for p in plan.plays],
-        "moved_out_of_quiet_hours": sum(p.moved_from is not None for p in plan.plays),
-        "skipped_plays": len(plan.skipped),
+        "plays": [p.at.isoformat() for p in planned],
+        "moved_out_of_quiet_hours": sum(p.moved_from is not None for p in planned),
+        "skipped_plays": skipped,
     }
     return command, details
+
+
+def resync_play_command(
+    *,
+    store: Store,
+    notice: NoticeView,
+    endpoint: SpeakerEndpoint,
+    registry: Registry,
+    delivery_id: int,
+    command_id: str,
+    keyring: Keyring,
+    settings: Settings,
+    synthesizer: Synthesizer,
+    now: datetime,
+) -> Command | None:
+    """What a loudspeaker that lost its memory must still play of a delivery: the planned
+    plays still to come that no ack reported heard (and, for an emergency, its play if no
+    ack reported it: an emergency must be heard). None when nothing is left."""
+    village_id, planned = planned_plays(store, delivery_id)
+    heard = played_at(store, delivery_id)
+    moment = int(now.timestamp())
+    emergency = notice.priority == "emergency"
+    left = [t for t in planned if t not in heard and (t > moment or emergency)]
+    if not left:
+        return None
+    script, voice = script_for(notice), voice_for(registry, village_id)
+    found = cached_clip(settings, script=script, voice=voice)
+    if found is None:  # evicted since: rare, and a re-sync is one device
+        clip, _ = make_clip(
+            settings, synthesizer, script=script, voice=voice, notice_id=notice.id, wait=30
+        )
+    else:
+        clip = found[0]
+    command, _ = build_play_command(
+        notice=notice,
+        endpoint=endpoint,
+        registry=registry,
+        village_id=village_id,
+        delivery_id=delivery_id,
+        command_id=command_id,
+        keyring=keyring,
+        settings=settings,
+        clip=clip,
+        now=now,
+        plays=[datetime.fromtimestamp(t, tz=UTC) for t in left],
+    )
+    return command
+
+
+def _not_ready(failure: SynthesisFailure | None) -> Exception:
+    if failure is None:
+        return TransientError(
+            tr("播音音频还在合成中", "the clip is still being synthesized"),
+            code="clip_pending",
+            retry_after=5,
+        )
+    if failure.kind == "transient":
+        return TransientError(failure.text, code=failure.code, retry_after=failure.retry_after)
+    if failure.kind == "content":
+        return ContentError(failure.text, code=failure.code)
+    if failure.kind == "config":
+        return ConfigError(failure.text)
+    return PermanentError(failure.text, code=failure.code)
 
 
 class SpeakerChannel(Channel):
@@ -147,17 +321,44 @@ class SpeakerChannel(Channel):
     limits: ClassVar[ChannelLimits] = ChannelLimits(
         max_title_chars=80, max_body_chars=3000, confirms="ack", formats=("mp3",)
     )
-    claim_chunk: ClassVar[int] = 10  # the clip is synthesized once, the rest are cache hits
+    claim_chunk: ClassVar[int] = 10  # cache hits and publishes: fast
 
     def __init__(
         self,
         publisher: Publisher | None = None,
         keyring: Keyring | None = None,
-        synthesizer: Synthesizer | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._publisher = publisher
         self._keyring = keyring
-        self._synthesizer = synthesizer
+        self._clock = clock
+        # A fan-out sends one notice to hundreds of speakers: its script and clip are looked
+        # up once per process, not once per delivery (a notice revision never changes).
+        self._scripts: dict[tuple[int, int], str] = {}
+        self._clips: dict[tuple[str, Voice, str], tuple[Clip, dict[str, Any]]] = {}
+
+    def _script(self, notice: NoticeView) -> str:
+        key = (notice.id, notice.revision)
+        script = self._scripts.get(key)
+        if script is None:
+            if len(self._scripts) >= _MEMO:
+                self._scripts.clear()
+            script = self._scripts[key] = script_for(notice)
+        return script
+
+    def _clip(
+        self, settings: Settings, script: str, voice: Voice
+    ) -> tuple[Clip, dict[str, Any]] | None:
+        key = (script, voice, settings.tts_mode)
+        found = self._clips.get(key)
+        if found is not None and found[0].path.is_file():
+            return found
+        found = cached_clip(settings, script=script, voice=voice)
+        if found is not None:
+            if len(self._clips) >= _MEMO:
+                self._clips.clear()
+            self._clips[key] = found
+        return found
 
     def send(self, ctx: DeliveryContext) -> SendResult:
         endpoint = ctx.endpoint
@@ -165,9 +366,13 @@ class SpeakerChannel(Channel):
             raise ConfigError(tr("端点不是广播音箱", "the endpoint is not a loudspeaker"))
         if self._keyring is None:
             self._keyring = Keyring.load(ctx.settings.keys_dir)
-        if self._synthesizer is None:
-            self._synthesizer = Synthesizer(mode=ctx.settings.tts_mode)
-        now = utcnow()
+        script = self._script(ctx.notice)
+        voice = voice_for(ctx.registry, ctx.village_id)
+        found = self._clip(ctx.settings, script, voice)
+        if found is None:
+            key = failure_key(script=script, voice=voice, mode=ctx.settings.tts_mode)
+            raise _not_ready(synthesis_failure(ctx.store, key))
+        clip, made = found
         command_id = command_id_for(ctx.delivery_id)
         command, details = build_play_command(
             notice=ctx.notice,
@@ -178,8 +383,9 @@ class SpeakerChannel(Channel):
             command_id=command_id,
             keyring=self._keyring,
             settings=ctx.settings,
-            synthesizer=self._synthesizer,
-            now=now,
+            clip=clip,
+            made=made,
+            now=self._clock(),
         )
         dispatch_command(command, store=ctx.store, settings=ctx.settings, publisher=self._publisher)
         return SendResult("sent", external_ref=command_id, details=details)

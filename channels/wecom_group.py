@@ -355,7 +355,7 @@ class WecomGroupChannel(Channel):
     def _voice(self, ctx: DeliveryContext) -> tuple[list[Message], dict[str, Any]]:
         """The notice spoken as AMR clips (synthesized once per script for every village)."""
         from channels._audio import ClipCache, synthesize_clip
-        from channels.speaker import script_for, voice_for
+        from channels.speaker import script_for, synthesis_slots, voice_for
         from channels.tts import Synthesizer
 
         if self._synthesizer is None:
@@ -367,6 +367,8 @@ class WecomGroupChannel(Channel):
                 script=script_for(ctx.notice),
                 voice=voice_for(ctx.registry, ctx.village_id),
                 fmt="amr",
+                # The machine-wide bound on syntheses; never waiting past a quarter lease.
+                limit=synthesis_slots(ctx.settings).hold(timeout=ctx.settings.lease_seconds / 4),
             )
         except ContentError as exc:
             # The written notice still goes; the delivery says why it was not spoken.

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     max_clock_skew_seconds: int = Field(default=300, ge=1)
     tts_mode: Literal["auto", "edge", "offline"] = "auto"
     """auto: edge-tts, falling back to espeak-ng offline; or one engine only."""
+    synthesis_concurrency: int = Field(default=2, ge=1, le=16)
+    """At most this many speech syntheses at once on one machine (the vc.synthesis worker's
+    threads, and lock-file slots shared by every process; see channels/_synthesis.py)."""
     ack_timeout_seconds: float = Field(default=180.0, gt=0)
     """An online device that has not acked a command this long gets it again."""
 

@@ -19,12 +19,15 @@ from channels._mqtt import parse_mqtt_url
 from channels.keys import Keyring
 from channels.led import build_show_command
 from channels.protocol import Ack, DeviceState, parse_topic
+from channels.speaker import resync_play_command as speaker_resync
 from content_queue.errors import VillagecastError
+from content_queue.loudspeakers import record_play
 from content_queue.once import claim_once
-from content_queue.registry import LedEndpoint, Registry
+from content_queue.registry import LedEndpoint, Registry, SpeakerEndpoint
 from content_queue.settings import Settings
 from content_queue.store import Store, utcnow
 from dispatcher import service
+from dispatcher.synthesis import shared_synthesizer
 
 __all__ = ["DeviceListener", "run_listener"]
 
@@ -100,6 +103,10 @@ class DeviceListener:
                 detail=ack.detail,
             )
             log.info("ack %s from %s: %s -> %s", ack.command, device_id, ack.status, status)
+            if ack.play_at is not None:  # one play of a loudspeaker's plan heard in full
+                record_play(
+                    self.store, device_id=device_id, command_id=ack.command, play_at=ack.play_at
+                )
         elif channel == "state":
             if not payload:
                 return  # a cleared retained message
@@ -147,7 +154,7 @@ class DeviceListener:
             (
                 ep
                 for ep in registry.endpoints.values()
-                if isinstance(ep, LedEndpoint) and ep.device_id == device_id
+                if isinstance(ep, LedEndpoint | SpeakerEndpoint) and ep.device_id == device_id
             ),
             None,
         )
@@ -157,20 +164,37 @@ class DeviceListener:
         sent = 0
         seq = int(time.time())
         for notice, _, delivery_id, kind in self.store.sync_candidates(device_id):
-            if kind != "led":
+            if kind != endpoint.kind:
                 continue
             now = utcnow()
             command_id = command_id_for(delivery_id, sync_seq=seq)
             try:
-                command = build_show_command(
-                    notice=notice,
-                    endpoint=endpoint,
-                    delivery_id=delivery_id,
-                    command_id=command_id,
-                    keyring=keyring,
-                    settings=self.settings,
-                    now=now,
-                )
+                if isinstance(endpoint, SpeakerEndpoint):
+                    # Only the plays still to come that no ack reported (None: nothing left).
+                    command = speaker_resync(
+                        store=self.store,
+                        notice=notice,
+                        endpoint=endpoint,
+                        registry=registry,
+                        delivery_id=delivery_id,
+                        command_id=command_id,
+                        keyring=keyring,
+                        settings=self.settings,
+                        synthesizer=shared_synthesizer(self.settings.tts_mode),
+                        now=now,
+                    )
+                    if command is None:
+                        continue
+                else:
+                    command = build_show_command(
+                        notice=notice,
+                        endpoint=endpoint,
+                        delivery_id=delivery_id,
+                        command_id=command_id,
+                        keyring=keyring,
+                        settings=self.settings,
+                        now=now,
+                    )
                 dispatch_command(
                     command,
                     store=self.store,

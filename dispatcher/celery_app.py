@@ -10,9 +10,11 @@ from kombu.entity import Exchange, Queue
 from content_queue.registry import ENDPOINT_KINDS
 from content_queue.settings import Settings, get_settings
 
-__all__ = ["QUEUE_PREFIX", "app", "app_for", "make_app", "queue_for"]
+__all__ = ["QUEUE_PREFIX", "SYNTHESIS_QUEUE", "app", "app_for", "make_app", "queue_for"]
 
 QUEUE_PREFIX = "vc."
+SYNTHESIS_QUEUE = f"{QUEUE_PREFIX}synthesis"
+"""Speech synthesis before a loudspeaker fan-out, consumed by its own K-thread worker."""
 
 
 def queue_for(kind: str) -> str:
@@ -36,8 +38,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Each queue has its own direct exchange: bound to a shared default exchange, one
         # message would be copied into every channel's queue.
         "task_queues": [
-            Queue(queue_for(k), Exchange(queue_for(k), type="direct"), routing_key=queue_for(k))  # type: ignore[no-untyped-call]
-            for k in ENDPOINT_KINDS
+            Queue(q, Exchange(q, type="direct"), routing_key=q)  # type: ignore[no-untyped-call]
+            for q in [*(queue_for(k) for k in ENDPOINT_KINDS), SYNTHESIS_QUEUE]
         ],
         "task_default_queue": queue_for("tv_feed"),
         "broker_connection_retry_on_startup": True,

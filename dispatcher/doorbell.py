@@ -7,9 +7,13 @@ from collections.abc import Mapping, Sequence
 
 from content_queue.settings import Settings
 
-__all__ = ["batches", "ring"]
+__all__ = ["SYNTHESIS_FIRST", "batches", "ring"]
 
 log = logging.getLogger(__name__)
+
+SYNTHESIS_FIRST = frozenset({"speaker"})
+"""Kinds whose doorbell goes to the synthesis task first (dispatcher/synthesis.py)."""
+_SYNTHESIS_BATCH = 1000  # one task makes the clip of a whole fan-out, then rings it
 
 
 def batches(ids: Sequence[int], size: int) -> list[list[int]]:
@@ -21,28 +25,34 @@ def ring(
     *,
     settings: Settings,
     countdown: float | None = None,
+    synthesized: bool = False,
 ) -> int:
     """Send one task per batch of one channel kind as a group (no chord); returns tasks sent.
+
+    Loudspeaker deliveries go to ``villagecast.synthesize`` first (queue vc.synthesis),
+    which rings them again with ``synthesized=True`` once their clip exists.
 
     Raises whatever the broker raises: callers decide whether that matters (the store
     already holds the work and the sweeper will ring again).
     """
     from celery import group
 
-    from dispatcher.celery_app import app_for, queue_for
+    from dispatcher.celery_app import SYNTHESIS_QUEUE, app_for, queue_for
 
     app = app_for(settings)
-    sigs = [
-        app.signature(
-            "villagecast.deliver",
-            args=(batch, kind),
-            queue=queue_for(kind),
-            countdown=countdown,
-            immutable=True,
-        )
-        for kind, ids in ids_by_kind.items()
-        for batch in batches(ids, settings.batch_size)
-    ]
+    sigs = []
+    for kind, ids in ids_by_kind.items():
+        first = kind in SYNTHESIS_FIRST and not synthesized
+        for batch in batches(ids, _SYNTHESIS_BATCH if first else settings.batch_size):
+            sigs.append(
+                app.signature(
+                    "villagecast.synthesize" if first else "villagecast.deliver",
+                    args=(batch, kind),
+                    queue=SYNTHESIS_QUEUE if first else queue_for(kind),
+                    countdown=countdown,
+                    immutable=True,
+                )
+            )
     if not sigs:
         return 0
     group(sigs, app=app).apply_async()

@@ -12,7 +12,7 @@ from content_queue.settings import get_settings
 from dispatcher import service
 from dispatcher.doorbell import ring as ring_doorbell
 
-__all__ = ["deliver", "ping"]
+__all__ = ["deliver", "ping", "synthesize"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,27 @@ def deliver(delivery_ids: list[int], kind: str | None = None) -> dict[str, str]:
         delivery_ids, store=store, settings=settings, ring=_ring, kind=kind
     )
     return {str(k): v for k, v in results.items()}
+
+
+@shared_task(  # type: ignore[untyped-decorator]
+    name="villagecast.synthesize",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def synthesize(delivery_ids: list[int], kind: str = "speaker") -> dict[str, int]:
+    """Make the clips these loudspeaker deliveries need, then ring their delivery.
+
+    Runs on the vc.synthesis worker (K threads). A failure is noted for the deliveries to
+    report; they are rung either way, so none waits for the sweeper.
+    """
+    from dispatcher.synthesis import prepare_clips
+
+    settings = get_settings()
+    store = service.open_store(settings)
+    report = prepare_clips(delivery_ids, store=store, settings=settings)
+    ring_doorbell({kind: delivery_ids}, settings=settings, synthesized=True)
+    return {"made": report.made, "hits": report.hits, "failed": len(report.failed)}
 
 
 @shared_task(name="villagecast.ping", ignore_result=True)  # type: ignore[untyped-decorator]

@@ -37,8 +37,10 @@ from channels.protocol import (
 )
 from content_queue.errors import VillagecastError
 from content_queue.i18n import tr
+from refdevice.player import Player, SimulatedSink, Sink, Slot, slots_for
 
 if TYPE_CHECKING:
+    import httpx
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from paho.mqtt.reasoncodes import ReasonCode
 
@@ -66,14 +68,35 @@ class _BadBody(ValueError):
     pass
 
 
+_http: httpx.Client | None = None
+_http_lock = threading.Lock()
+
+
+def _http_client() -> httpx.Client:
+    """One HTTP client per process (keep-alive, TLS set up once) for every simulated speaker."""
+    global _http
+    with _http_lock:
+        if _http is None:
+            import httpx
+
+            _http = httpx.Client(timeout=10)
+        return _http
+
+
 class ReferenceDevice:
     """One board or speaker: verifies, de-duplicates, acts, acks and reports presence.
 
     ``shown`` lists (command id, notice, delivery) each time something was actually
     displayed or played, so duplicates are visible; ``rejections`` lists refused command
     ids with the reason (a duplicate is recorded there as ``replayed`` even though its ack
-    repeats the original success). The replay guard and what is showing are written to
-    ``state_dir/<device_id>.json`` before each ack, so a restart neither replays nor forgets.
+    repeats the original success). The replay guard, what is showing and, for a speaker,
+    which plays of each plan are done are written to ``state_dir/<device_id>.json`` before
+    each ack, so a restart neither replays nor forgets.
+
+    A speaker plays through ``refdevice.player.Player`` (emergency pre-emption, play
+    windows); ``sink`` decides how a play sounds and lasts (default: a simulation waiting
+    ``play_speed`` x the real duration), ``tick`` how often the player looks at ``clock``
+    when nothing wakes it (a test clock calls ``wake()`` after moving).
     """
 
     def __init__(
@@ -92,6 +115,9 @@ class ReferenceDevice:
         max_skew: int = 300,
         firmware: str = "villagecast-ref/1",
         clock: Callable[[], float] = time.time,
+        sink: Sink | None = None,
+        play_speed: float = 0.01,
+        tick: float = 1.0,
     ) -> None:
         self.device_id = device_id
         self.host = host
@@ -114,10 +140,21 @@ class ReferenceDevice:
         self.clips: dict[str, bytes] = {}
         """speaker: the verified clip of each accepted command."""
         self.plays: list[tuple[str, int, int]] = []
-        """speaker: (command id, play number, time) for every play that happened."""
-        self._timers: list[threading.Timer] = []
+        """speaker: (command id, play number, time it ended) for every play heard in full."""
+        self.restarted: list[tuple[str, int]] = []
+        """speaker: (command id, play number) of plays heard in full after an interruption."""
+        self._done: dict[str, list[int]] = {}  # speaker: command -> planned times played/dropped
         self._guard = ReplayGuard()
         self._lock = threading.RLock()
+        self.player = Player(
+            name=device_id,
+            lock=self._lock,
+            clock=clock,
+            sink=sink or SimulatedSink(play_speed),
+            on_played=self._played_slot,
+            on_dropped=self._dropped_slot,
+            tick=tick,
+        )
         self._client: mqtt.Client | None = None
         self._fresh_boot = True
         self._birth_pending = True
@@ -229,32 +266,31 @@ class ReferenceDevice:
             return f"delivery {command.delivery} already played"
         clip = command.body.get("clip")
         plays = command.body.get("plays") or [command.issued_at]
+        window = command.body.get("window_s")
         if not (isinstance(clip, dict) and isinstance(clip.get("url"), str)):
             raise _BadBody("speaker.play needs body.clip.url and body.clip.sha256")
         if not (isinstance(plays, list) and all(type(t) is int for t in plays)):
             raise _BadBody("body.plays must be a list of unix times")
+        if window is not None and not (type(window) is int and window >= 0):
+            raise _BadBody("body.window_s must be a whole number of seconds")
         self.clips[command.id] = self._fetch_clip(clip["url"], str(clip.get("sha256", "")))
         self._played[command.delivery] = command.expires_at
         self._showing[command.id] = command
-        now = int(self._clock())
-        total = len(plays)
-        for number, at in enumerate(sorted(plays), start=1):
-            if at <= now:
-                self._play_once(command, number, total, ack=False)
-            else:
-                timer = threading.Timer(at - now, self._play_once, (command, number, total))
-                timer.daemon = True
-                self._timers.append(timer)
-                timer.start()
+        slots, dropped = slots_for(command, now=int(self._clock()))
+        if dropped:
+            self._done[command.id] = dropped
+        self.player.add(slots)
         log.info(
-            "%s accepted notice %d rev %d [%s]: %d play(s)",
+            "%s accepted notice %d rev %d [%s]: %d play(s), %d missed",
             self.device_id,
             command.notice,
             command.revision,
             command.priority,
-            total,
+            len(slots),
+            len(dropped),
         )
-        return f"{total} play(s) planned"
+        missed = f", {len(dropped)} missed while it was on its way" if dropped else ""
+        return f"{len(slots)} play(s) planned{missed}"
 
     def _fetch_clip(self, url: str, sha256: str) -> bytes:
         """Download and verify a clip: a mismatching hash is refused, never played."""
@@ -263,26 +299,49 @@ class ReferenceDevice:
         import httpx
 
         try:
-            data = httpx.get(url, timeout=10).raise_for_status().content
+            data = _http_client().get(url).raise_for_status().content
         except httpx.HTTPError as exc:
             raise _BadClip(f"cannot fetch the clip: {type(exc).__name__}") from exc
         if hashlib.sha256(data).hexdigest() != sha256:
             raise _BadClip("the clip's SHA-256 does not match")
         return data
 
-    def _play_once(self, command: Command, number: int, total: int, *, ack: bool = True) -> None:
-        """'Play' (log) one play of the plan; later plays are acked as they happen."""
-        if command.id not in self._showing:
-            return  # stopped meanwhile
-        if command.expires_at <= int(self._clock()):
-            return
-        self.shown.append((command.id, command.notice, command.delivery))
-        self.plays.append((command.id, number, int(self._clock())))
-        log.info("%s plays notice %d (%d/%d)", self.device_id, command.notice, number, total)
-        client = self._client
-        if ack and client is not None:
-            done = self._ack(command, "played", int(self._clock()), detail=f"play {number}/{total}")
-            client.publish(topic_ack(self.prefix, self.device_id), encode(done), qos=1)
+    def _played_slot(self, slot: Slot, now: int) -> None:
+        """The player heard a play out in full: remember it, then ack it with its slot."""
+        command = slot.command
+        with self._lock:
+            if command.id not in self._showing:
+                return  # stopped meanwhile
+            self._done.setdefault(command.id, []).append(slot.at)
+            self.shown.append((command.id, command.notice, command.delivery))
+            self.plays.append((command.id, slot.number, now))
+            detail = f"play {slot.number}/{slot.total}"
+            if slot.restarts:
+                self.restarted.append((command.id, slot.number))
+                detail += ", played again from the start after an emergency interrupted it"
+            self._save()
+            client = self._client
+        if client is not None:
+            ack = self._ack(command, "played", now, detail=detail, play_at=slot.at)
+            client.publish(topic_ack(self.prefix, self.device_id), encode(ack), qos=1)
+
+    def _dropped_slot(self, slot: Slot, why: str) -> None:
+        log.warning(
+            "%s: play %d/%d of notice %d not played: %s",
+            self.device_id,
+            slot.number,
+            slot.total,
+            slot.command.notice,
+            why,
+        )
+        with self._lock:
+            if slot.command.id in self._showing:
+                self._done.setdefault(slot.command.id, []).append(slot.at)
+                self._save()
+
+    def wake(self) -> None:
+        """Let the player look at the clock now (after a test clock moved)."""
+        self.player.wake()
 
     def _remove(self, command: Command) -> list[str]:
         body = command.body
@@ -298,17 +357,27 @@ class ReferenceDevice:
         ]
         for command_id in removed:
             del self._showing[command_id]
+            self._done.pop(command_id, None)
+        if target == "speaker.play" and removed:
+            self.player.cancel(removed)
         return removed
 
     def _prune(self, now: int) -> None:
         self._guard.prune(now)
         for command_id in [c.id for c in self._showing.values() if c.expires_at <= now]:
             del self._showing[command_id]
+        self._done = {c: done for c, done in self._done.items() if c in self._showing}
         margin = self._guard.margin
         self._played = {d: exp for d, exp in self._played.items() if exp + margin > now}
 
     def _ack(
-        self, command: Command, status: AckStatus, now: int, *, detail: str | None = None
+        self,
+        command: Command,
+        status: AckStatus,
+        now: int,
+        *,
+        detail: str | None = None,
+        play_at: int | None = None,
     ) -> Ack:
         return Ack(
             v=1,
@@ -319,6 +388,7 @@ class ReferenceDevice:
             detail=detail,
             at=now,
             delivery=command.delivery,
+            play_at=play_at,
         )
 
     def _reject(self, rejection: Rejection, now: int) -> Ack:
@@ -348,6 +418,7 @@ class ReferenceDevice:
         """Read the state file; False when there was none (a fresh boot)."""
         with self._lock:
             self._showing, self._played, self._guard = {}, {}, ReplayGuard()
+            self._done = {}
             try:
                 data = json.loads(self.state_path.read_text(encoding="utf-8"))
             except FileNotFoundError:
@@ -363,11 +434,30 @@ class ReferenceDevice:
                     command = Command.model_validate(item)
                     self._showing[command.id] = command
                 self._played = {int(d): int(exp) for d, exp in data["played"].items()}
+                self._done = {
+                    str(c): [int(t) for t in times] for c, times in data.get("done", {}).items()
+                }
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.exception("%s: damaged state file, starting empty", self.device_id)
                 self._showing, self._played, self._guard = {}, {}, ReplayGuard()
+                self._done = {}
                 return False
             return True
+
+    def _resume_plans(self) -> None:
+        """After a restart with memory: queue what is left of every plan, nothing twice."""
+        now = int(self._clock())
+        with self._lock:
+            self.player.clear()
+            for command in self._showing.values():
+                if command.kind != "speaker.play" or command.expires_at <= now:
+                    continue
+                slots, dropped = slots_for(
+                    command, now=now, done=set(self._done.get(command.id, ()))
+                )
+                if dropped:
+                    self._done.setdefault(command.id, []).extend(dropped)
+                self.player.add(slots)
 
     def _save(self) -> None:
         data: dict[str, Any] = {
@@ -376,6 +466,7 @@ class ReferenceDevice:
             "guard": self._guard.to_json(),
             "showing": [c.model_dump() for c in self._showing.values()],
             "played": {str(d): exp for d, exp in self._played.items()},
+            "done": self._done,
         }
         directory = self.state_path.parent
         directory.mkdir(parents=True, exist_ok=True)
@@ -413,6 +504,9 @@ class ReferenceDevice:
         if self._client is not None:
             raise RuntimeError(f"{self.device_id} is already started")
         self._fresh_boot = not self._load()
+        if self.kind == "speaker":
+            self._resume_plans()
+            self.player.start()
         self._birth_pending = True
         self._ready.clear()
         self._birth = None
@@ -455,6 +549,7 @@ class ReferenceDevice:
 
     def stop(self) -> None:
         """Say ``offline`` (retained), then disconnect cleanly."""
+        self.player.stop()
         client, self._client = self._client, None
         if client is None:
             return
@@ -472,6 +567,7 @@ class ReferenceDevice:
     def crash(self) -> None:
         """Drop the connection without DISCONNECT, as a power cut would: the broker sends
         the Last Will."""
+        self.player.stop()
         client, self._client = self._client, None
         if client is None:
             return
@@ -483,6 +579,7 @@ class ReferenceDevice:
         client.loop_stop()
 
     def _abandon(self) -> None:
+        self.player.stop()
         client, self._client = self._client, None
         if client is not None:
             self._crashing = True
@@ -606,6 +703,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--password-env", help="name of the variable holding the password")
     parser.add_argument("--keepalive", type=int, default=30)
     parser.add_argument("--max-skew", type=int, default=300)
+    parser.add_argument(
+        "--play-speed",
+        type=float,
+        default=0.01,
+        help="speaker: a simulated play lasts this fraction of the clip's real duration",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -625,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind=args.kind,
         keepalive=args.keepalive,
         max_skew=args.max_skew,
+        play_speed=args.play_speed,
     )
     until = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -461,8 +461,14 @@ def test_speaker_plays_once_per_delivery_and_refuses_led_commands(
     body = _play_body(url, data, [now])
     play = kit.command("spk-1", command_id="vc-p", kind="speaker.play", body=body)
     kit.dispatcher.send("spk-1", encode(play))
-    (ack,) = kit.dispatcher.ack_for("vc-p")
-    assert ack.status == "played"
+    acks = kit.dispatcher.ack_for("vc-p", count=2)  # the command accepted, its play heard
+    accepted, heard = sorted(acks, key=lambda a: a.play_at or 0)
+    assert (accepted.status, accepted.play_at, accepted.detail) == (
+        "played",
+        None,
+        "1 play(s) planned",
+    )
+    assert (heard.status, heard.play_at, heard.detail) == ("played", now, "play 1/1")
     assert speaker.clips["vc-p"] == data
     sync = kit.command("spk-1", command_id="vc-p-s1", kind="speaker.play", body=body)
     kit.dispatcher.send("spk-1", encode(sync))
@@ -500,9 +506,16 @@ def test_speaker_plays_later_slots_of_its_plan(kit: Kit, clip_server: tuple[str,
     kit.dispatcher.send(
         "spk-3", encode(kit.command("spk-3", command_id="vc-2x", kind="speaker.play", body=body))
     )
-    acks = kit.dispatcher.ack_for("vc-2x", count=2)
-    assert [a.status for a in acks] == ["played", "played"]
-    assert acks[1].detail == "play 2/2"
+    kit.dispatcher.ack_for("vc-2x", count=2)  # accepted, and the first play heard
+    kit.clock.now += 2
+    speaker.wake()
+    acks = sorted(kit.dispatcher.ack_for("vc-2x", count=3), key=lambda a: a.play_at or 0)
+    assert [a.status for a in acks] == ["played"] * 3
+    assert [(a.detail, a.play_at) for a in acks] == [
+        ("2 play(s) planned", None),
+        ("play 1/2", now),
+        ("play 2/2", now + 2),
+    ]
     assert [p[1] for p in speaker.plays] == [1, 2]
 
 
