@@ -1,2 +1,3 @@
 """The reference device (protocol v1 logic for real boards and speakers, and the simulator),
-and a stand-in for the WeCom group-robot webhook (refdevice.wecom_standin)."""
+and local stand-ins for the WeCom group-robot webhook (refdevice.wecom_standin) and the
+WeChat official-account API (refdevice.wechat_mp_standin)."""
