@@ -87,6 +87,8 @@ def _crash(exc: BaseException) -> NoReturn:
     """An unexpected error: one sentence for the user, the traceback to a log file."""
     import traceback
 
+    from content_queue.redact import redact
+
     log_hint = ""
     try:
         from content_queue.settings import get_settings
@@ -94,13 +96,14 @@ def _crash(exc: BaseException) -> NoReturn:
         path = get_settings().home / "logs" / "crash.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"--- {datetime.now().isoformat()} {' '.join(sys.argv)}\n")
-            fh.write("".join(traceback.format_exception(exc)))
+            fh.write(redact(f"--- {datetime.now().isoformat()} {' '.join(sys.argv)}\n"))
+            # A request's URL in an exception can carry a webhook key or an access token.
+            fh.write(redact("".join(traceback.format_exception(exc))))
         log_hint = str(path)
     except Exception:
         log_hint = "-"
     if os.environ.get("VILLAGECAST_DEBUG"):
-        traceback.print_exception(exc)
+        print(redact("".join(traceback.format_exception(exc))), file=sys.stderr, end="")
     typer.secho(
         tr(
             "内部错误（{e}）。详细信息已写入 {log}，请把它发给技术支持。",
@@ -2819,6 +2822,9 @@ def backup_restore(file: Annotated[Path, typer.Argument(metavar="FILE")]) -> Non
 
 def main() -> None:
     """Console-script entry point."""
+    from content_queue.redact import install
+
+    install()
     app()
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
 
+from content_queue import redact
 from content_queue.errors import ConfigError, VillagecastError
 from content_queue.i18n import Text, tr
 from content_queue.registry import ENDPOINT_KINDS, AnyEndpoint, EndpointKind, Registry
@@ -230,6 +231,9 @@ def secret_from_env(name: str, *, endpoint_id: str) -> str:
                 var=name,
             )
         )
+    # From here on this process holds the secret: keep it out of every log line.
+    redact.install()
+    redact.remember_secret(value)
     return value
 
 

@@ -98,6 +98,7 @@ from channels.base import (
 from content_queue.errors import ConfigError
 from content_queue.i18n import Text, tr
 from content_queue.part_ledger import PartStatus, mark_finished_in, mark_sending_in, parts_of
+from content_queue.redact import redact
 from content_queue.registry import EndpointKind, WecomGroupEndpoint
 from content_queue.settings import Settings
 from content_queue.shared_limits import RateLimiter, acquire_lock_in, release_lock_in
@@ -161,7 +162,8 @@ non-zero code is permanent and shows WeCom's errmsg (see :func:`explain_errcode`
 
 def explain_errcode(code: int, errmsg: str, *, env: str) -> ChannelError:
     """The typed error for a WeCom errcode; ``env`` names the key's variable (never the key)."""
-    msg = errmsg[:200]
+    # A proxy or a future WeCom may echo the request URL, key included, in errmsg.
+    msg = redact(errmsg)[:200]
     kind, text = ERRCODES.get(
         code,
         (

@@ -6,7 +6,9 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import multiprocessing
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from channels.base import (
     DeliveryContext,
@@ -24,7 +27,8 @@ from channels.base import (
     TransientError,
     get_channel,
 )
-from channels.wecom_group import WecomGroupChannel, _close_clients, robot_id
+from channels.wecom_group import WecomGroupChannel, _close_clients, explain_errcode, robot_id
+from cli import app
 from content_queue.db import Delivery
 from content_queue.errors import ConfigError
 from content_queue.models import build_notice, local_tz
@@ -307,6 +311,45 @@ def test_invalid_key_93000_is_permanent_and_names_the_variable_not_the_key(wecom
     zh, en = err.value.text.render("zh"), err.value.text.render("en")
     assert "请群主重新添加机器人并更新密钥" in zh and ENV in zh and ENV in en
     assert wecom.key not in zh + en
+
+
+def test_an_invalid_key_recorded_on_the_delivery_never_shows_the_key(
+    wecom: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """93000 through the dispatcher: the delivery, its attempts, the whole database, the
+    log (httpx logs every request line, key included) and the CLI name the variable only."""
+    caplog.set_level(logging.DEBUG)
+    wecom.server.remove_key(wecom.key)
+    ctx = _ctx(wecom)
+    results = service.process_deliveries(
+        [ctx.delivery_id], store=wecom.store, settings=wecom.settings, ring=None
+    )
+    assert results == {ctx.delivery_id: "failed"}
+    (failed,) = wecom.store.deliveries(ids=[ctx.delivery_id])
+    assert failed.error_code == "93000"
+    assert ENV in (failed.error_zh or "") and ENV in (failed.error_en or "")
+    shown = CliRunner().invoke(app, ["notice", "show", str(ctx.notice.id), "--json"])
+    assert shown.exit_code == 0 and "93000" in shown.output
+    with sqlite3.connect(wecom.settings.home / "villagecast.sqlite") as db:
+        dump = "\n".join(db.iterdump())
+    assert "cgi-bin/webhook/send?key=*** " in caplog.text  # logged, masked
+    recorded = [
+        str(failed),
+        str(wecom.store.attempts(ctx.delivery_id)),
+        dump,
+        caplog.text,
+        shown.output,
+    ]
+    for text in recorded:
+        assert wecom.key not in text
+
+
+def test_wecoms_errmsg_is_shown_without_a_key_it_echoes() -> None:
+    key = "SECRET-WECOM-4f1c2b8e-0d7a-4e59-9a51-3c1f7d2e8b60"
+    echoed = f"invalid url http://proxy/cgi-bin/webhook/send?key={key}, hint: [x]"
+    error = explain_errcode(60020, echoed, env=ENV)
+    assert key not in error.text.render("zh") + error.text.render("en")
+    assert "key=***" in error.text.render("zh")
 
 
 def test_unknown_errcode_is_permanent_with_wecoms_message(wecom: Env) -> None:
