@@ -1,18 +1,19 @@
 """wechatpy's official-account client, pointed at a configured base URL, its access token
-kept in the shared database and refreshed at most once per call.
+kept (sealed) in the shared database and refreshed at most once per call.
 
 wechatpy 2.0.0a26 builds API URLs from ``API_BASE_URL`` but fetches the token from a
 hard-coded ``https://api.weixin.qq.com/cgi-bin/token``, and on 40001 / 40014 / 42001 it
 refetches and retries without a bound. This subclass fetches the token from the configured
 base (under a lock, so several workers fetch it once), refuses any URL outside the base,
-and retries a call once after a token error.
+and retries a call once after a token error. The AppSecret and every token it sees are
+scrubbed from this process's log records (``content_queue.redact``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import logging
-import re
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from wechatpy.session import SessionStorage
 from channels._oa_state import kv_delete, kv_get, kv_lock, kv_set
 from content_queue.errors import ConfigError
 from content_queue.i18n import tr
+from content_queue.redact import install, redact, remember_secret
 from content_queue.store import Store
 
 __all__ = [
@@ -44,30 +46,8 @@ T = TypeVar("T")
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
 """Token invalid (40001, 40014) or expired (42001): fetch a new one once and retry."""
 
-_SECRETS = re.compile(r"(access_token|secret|appsecret)=[^&\s'\"]+", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Hide access tokens and secrets in a URL or message."""
-    return _SECRETS.sub(r"\1=***", text)
-
-
-class _RedactFilter(logging.Filter):
-    """urllib3 logs request lines, query string included, at DEBUG: never the token."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.msg = redact(record.getMessage())
-            record.args = None
-        elif isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        return True
-
-
-_filter = _RedactFilter()
-for _name in ("urllib3.connectionpool", "requests", "wechatpy"):
-    if _filter not in logging.getLogger(_name).filters:
-        logging.getLogger(_name).addFilter(_filter)
+_SEALED = "sealed:v1:"
+"""Prefix of a session value sealed with the account's key (see :class:`KvSessionStorage`)."""
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
@@ -113,27 +93,81 @@ def answer_of(exc: BaseException | None) -> dict[str, Any]:
 
 
 class KvSessionStorage(SessionStorage):  # type: ignore[misc]  # wechatpy is untyped
-    """wechatpy session storage in the store's ``kv_entries`` table, shared by every worker."""
+    """wechatpy session storage in the store's ``kv_entries`` table, shared by every worker.
 
-    def __init__(self, store: Store, *, prefix: str = "wechat:") -> None:
+    Values are sealed with AES-256-GCM under a key derived (HKDF-SHA256) from the account's
+    AppSecret, the entry's name bound as associated data. A copy of the database (a backup,
+    a file sent to support) then holds no access token anyone could post on the account
+    with; every worker has the AppSecret, so they all share the token. A value that does
+    not open (written under another AppSecret, or in plain text by an older version) reads
+    as missing, so the token is fetched again and the entry rewritten.
+    """
+
+    def __init__(self, store: Store, *, app_id: str, secret: str, prefix: str = "wechat:") -> None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
         self.store = store
         self.prefix = prefix
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=b"villagecast wechat session v1",
+            info=app_id.encode("utf-8"),
+        ).derive(secret.encode("utf-8"))
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return f"KvSessionStorage(prefix={self.prefix!r})"
+
+    def _seal(self, name: str, value: Any) -> str:
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, json.dumps(value).encode("utf-8"), name.encode())
+        return _SEALED + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+    def _open(self, name: str, raw: str) -> Any:
+        from cryptography.exceptions import InvalidTag
+
+        if not raw.startswith(_SEALED):
+            return None
+        try:
+            blob = base64.urlsafe_b64decode(raw.removeprefix(_SEALED))
+            plain = self._aead.decrypt(blob[:12], blob[12:], name.encode())
+            return json.loads(plain)
+        except (InvalidTag, ValueError):
+            return None
+
+    def _raw(self, key: str) -> tuple[str | None, Any]:
+        name = self.prefix + key
+        raw = kv_get(self.store, name)
+        value = None if raw is None else self._open(name, raw)
+        if isinstance(value, str) and key.endswith("access_token"):
+            remember_secret(value)  # fetched by another worker: still never logged here
+        return raw, value
 
     def get(self, key: str, default: Any = None) -> Any:
-        raw = kv_get(self.store, self.prefix + key)
-        return default if raw is None else json.loads(raw)
+        value = self._raw(key)[1]
+        return default if value is None else value
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         if value is None:
             return
-        kv_set(self.store, self.prefix + key, json.dumps(value), ttl=ttl)
+        if isinstance(value, str) and key.endswith("access_token"):
+            remember_secret(value)
+        name = self.prefix + key
+        kv_set(self.store, name, self._seal(name, value), ttl=ttl)
 
     def delete(self, key: str) -> None:
         kv_delete(self.store, self.prefix + key)
 
     def delete_if(self, key: str, value: Any) -> bool:
         """Delete only if it still holds ``value`` (another worker may have refreshed it)."""
-        return kv_delete(self.store, self.prefix + key, value=json.dumps(value))
+        raw, current = self._raw(key)
+        if raw is None or (current is not None and current != value):
+            return False
+        # Compare-and-delete on the stored text: a refresh in between keeps its new token.
+        return kv_delete(self.store, self.prefix + key, value=raw)
 
 
 class OfficialAccountClient(WeChatClient):  # type: ignore[misc]  # wechatpy is untyped
@@ -149,6 +183,8 @@ class OfficialAccountClient(WeChatClient):  # type: ignore[misc]  # wechatpy is 
         timeout: float,
         http: requests.Session | None = None,
     ) -> None:
+        install()  # scrub the secret and the tokens from every log record of this process
+        remember_secret(secret)
         # auto_retry=False: wechatpy's own retry on a token error is unbounded; call() retries.
         super().__init__(app_id, secret, session=storage, timeout=timeout, auto_retry=False)
         self.API_BASE_URL = base_url.rstrip("/") + "/cgi-bin/"

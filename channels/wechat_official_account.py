@@ -22,8 +22,9 @@ Features
                   in one send per audience. Emergencies take a send of their own at once.
                   ``clientmsgid`` makes a repeated send a no-op (45065).
     token         the access token lives in the store's kv_entries, shared by every worker,
-                  fetched under a lock (once for all workers) from ``wechat_base_url``,
-                  refreshed once on 40001 / 40014 / 42001
+                  sealed (AES-GCM, a key derived from the AppSecret), fetched under a lock
+                  (once for all workers) from ``wechat_base_url``, refreshed once on
+                  40001 / 40014 / 42001
     recall        publish: ``freepublish/delete`` of the article, or ``draft/delete`` of a
                   draft never published; mass send: ``message/mass/delete`` of this notice's
                   article (its index in a digest)
@@ -43,7 +44,7 @@ Features
 Mass sends (audiences, quota, digest) are in ``channels/_oa_mass.py``, the article and its
 cover in ``channels/_oa_article.py``, the token and client in ``channels/_oa_client.py``.
 Vendor codes are mapped in :data:`WECHAT_ERRORS`; the secret and the token never appear in
-a message or a log line.
+a message, a log line (``content_queue.redact``) or the database.
 """
 
 from __future__ import annotations
@@ -536,7 +537,7 @@ class OfficialAccountChannel(Channel):
                     app_id=ep.app_id,
                     secret=secret,
                     base_url=settings.wechat_base_url,
-                    storage=KvSessionStorage(store),
+                    storage=KvSessionStorage(store, app_id=ep.app_id, secret=secret),
                     timeout=settings.http_timeout_seconds,
                     http=self._http,
                 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,15 +19,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 import channels.wechat_official_account as oa
-from channels._oa_client import OfficialAccountClient
-from channels._oa_state import parts
+from channels._oa_client import KvSessionStorage, OfficialAccountClient
+from channels._oa_state import kv_get, kv_set, parts
 from channels.base import DeliveryContext, TransientError, get_channel
 from channels.wechat_official_account import (
     OfficialAccountChannel,
     poll_official_account_publishes,
 )
+from cli import app
 from content_queue.db import Delivery
 from content_queue.errors import ConfigError
 from content_queue.models import build_notice
@@ -34,7 +38,7 @@ from content_queue.settings import Settings, get_settings, reset_settings
 from content_queue.store import DeliveryView, Store, utcnow
 from dispatcher import service
 from tests.conftest import REPO
-from tests.standins.wechat_mp import WeChatMpStandin
+from tests.standins.wechat_mp import TOKEN_PREFIX, WeChatMpStandin
 
 CN = ZoneInfo("Asia/Shanghai")
 APP_EAST, APP_NORTH, APP_SOUTH = "wx1111111111111111", "wx2222222222222222", "wx3333333333333333"
@@ -386,6 +390,61 @@ def test_a_token_error_is_retried_once_only(env: Env) -> None:
     assert env.delivery(d.id).error_code == "40001"
     assert env.standin.count("draft/add") == 2  # the call and one retry, not a loop
     assert env.standin.count("token") == 2
+
+
+def test_a_token_failure_recorded_on_the_delivery_shows_no_secret_or_token(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """40001 through the dispatcher: the delivery, its attempts, the whole database, the
+    log (urllib3 logs request lines, token included, at DEBUG) and the CLI."""
+    caplog.set_level(logging.DEBUG)
+    d = env.submit()
+    env.standin.fail("draft/add", 40001, times=5)
+    assert env.process(d.id) == {d.id: "pending"}
+    recorded = env.delivery(d.id)
+    assert recorded.error_code == "40001"
+    assert "access_token 无效" in (recorded.error_zh or "")
+    tokens = {r.query.get("access_token") for r in env.standin.requests} - {None}
+    assert len(tokens) == 2  # the first one, and the one fetched after the 40001
+    assert all(t and t.startswith(TOKEN_PREFIX) for t in tokens)
+    shown = CliRunner().invoke(app, ["notice", "show", str(recorded.notice_id), "--json"])
+    assert shown.exit_code == 0 and "40001" in shown.output
+    assert "access_token=***" in caplog.text  # logged, masked
+    texts = [
+        str(recorded),
+        str(env.store.attempts(d.id)),
+        _dump(env),
+        caplog.text,
+        shown.output,
+    ]
+    for text in texts:
+        for secret in [SECRETS["VC_TEST_OA_EAST"], TOKEN_PREFIX, *tokens]:
+            assert secret not in text
+
+
+def test_the_cached_token_is_sealed_with_the_app_secret(env: Env) -> None:
+    """kv_entries shares the token between workers, sealed under a key derived from the
+    AppSecret: a copy of the database holds no usable token."""
+    d = env.submit()
+    env.process(d.id)
+    name = f"{APP_EAST}_access_token"
+    raw = kv_get(env.store, f"wechat:{name}")
+    assert raw is not None and raw.startswith("sealed:v1:")
+    (token,) = {r.query["access_token"] for r in env.standin.calls("draft/add")}
+    assert token not in _dump(env)
+    secret = SECRETS["VC_TEST_OA_EAST"]
+    assert KvSessionStorage(env.store, app_id=APP_EAST, secret=secret).get(name) == token
+    # Another AppSecret (rotated in the console) or another account cannot open it: the
+    # token reads as missing and is fetched again.
+    other = KvSessionStorage(env.store, app_id=APP_EAST, secret="rotated-" + secret)
+    assert other.get(name) is None
+    assert KvSessionStorage(env.store, app_id=APP_NORTH, secret=secret).get(name) is None
+    # A token an older version cached in plain text is not used, and is replaced.
+    kv_set(env.store, f"wechat:{name}", json.dumps(token))
+    second = env.submit(title="第二条通知")
+    assert env.process(second.id) == {second.id: "sent"}
+    assert env.standin.count("token") == 2
+    assert str(kv_get(env.store, f"wechat:{name}")).startswith("sealed:v1:")
 
 
 def test_token_is_shared_by_channel_instances(env: Env) -> None:
@@ -842,6 +901,12 @@ def test_a_real_worker_publishes_and_its_sweeper_confirms(env: Env) -> None:
         log.close()
     assert len(env.standin.publications) == 1
     assert env.standin.count("token") == 1
+
+
+def _dump(env: Env) -> str:
+    """Every table of the store, as ``sqlite3`` dumps it."""
+    with sqlite3.connect(env.settings.home / "villagecast.sqlite") as db:
+        return "\n".join(db.iterdump())
 
 
 def _due_now(env: Env, did: int) -> None:
