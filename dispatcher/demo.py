@@ -19,9 +19,15 @@ from urllib.parse import urlsplit
 from content_queue.errors import VillagecastError
 from content_queue.i18n import current_lang, tr
 from content_queue.models import build_notice
-from content_queue.registry import Registry, TvFeedEndpoint, WecomGroupEndpoint, load_registry
+from content_queue.registry import (
+    OfficialAccountEndpoint,
+    Registry,
+    TvFeedEndpoint,
+    WecomGroupEndpoint,
+    load_registry,
+)
 from content_queue.settings import get_settings, reset_settings
-from content_queue.store import SETTLED, STATUS_LABELS, Store
+from content_queue.store import SETTLED, STATUS_LABELS, DeliveryView, Store
 from dispatcher import review, service
 from dispatcher.doorbell import ring
 from dispatcher.planner import KIND_LABELS
@@ -145,14 +151,16 @@ def _start_ingest_standins(registry: Registry) -> list[ThreadingHTTPServer]:
 
 def _start_wecom_standin(registry: Registry) -> Any:
     """A local stand-in for WeCom's robot webhook (refdevice.wecom_standin): the demo never
-    talks to the real WeCom, whatever keys the environment holds."""
+    talks to the real WeCom, whatever keys the environment holds. A key already set is
+    registered with the stand-in as it is (it only ever reaches this loopback server; the
+    secrets test passes distinctive ones), otherwise one is made up."""
     from refdevice.wecom_standin import WecomStandin
 
     robots = [ep for ep in registry.endpoints.values() if isinstance(ep, WecomGroupEndpoint)]
     standin = WecomStandin().start()
     os.environ["VILLAGECAST_WECOM_BASE_URL"] = standin.base_url
     for ep in robots:
-        os.environ[ep.webhook_key_env] = standin.add_key()
+        os.environ[ep.webhook_key_env] = standin.add_key(os.environ.get(ep.webhook_key_env))
     _say(
         "已启动模拟企业微信群机器人接口（{n} 个群）：{u}",
         "started a stand-in WeCom robot webhook ({n} groups): {u}",
@@ -160,6 +168,46 @@ def _start_wecom_standin(registry: Registry) -> Any:
         u=standin.base_url,
     )
     return standin
+
+
+def _start_wechat_standin(registry: Registry) -> Any:
+    """A local stand-in for the WeChat official-account API (refdevice.wechat_mp_standin),
+    knowing every account of devices.yaml with its AppSecret (the one in the environment,
+    else a made-up one); wechatpy is pointed at it, never at the real WeChat."""
+    from refdevice.wechat_mp_standin import WeChatMpStandin
+
+    accounts = [ep for ep in registry.endpoints.values() if isinstance(ep, OfficialAccountEndpoint)]
+    if not accounts:
+        return None
+    app_secrets: dict[str, str] = {}
+    for ep in accounts:
+        # An AppSecret is 32 hexadecimal characters.
+        secret = app_secrets.get(ep.app_id) or os.environ.get(ep.app_secret_env)
+        app_secrets[ep.app_id] = secret or secrets.token_hex(16)
+        os.environ[ep.app_secret_env] = app_secrets[ep.app_id]
+    standin = WeChatMpStandin(
+        app_secrets, account_types={ep.app_id: ep.account_type for ep in accounts}
+    ).start()
+    os.environ["VILLAGECAST_WECHAT_BASE_URL"] = standin.url
+    _say(
+        "已启动模拟微信公众号接口（{n} 个公众号：{m}）：{u}",
+        "started a stand-in WeChat official-account API ({n} accounts: {m}): {u}",
+        n=len(accounts),
+        m=", ".join(f"{ep.id} {_OA_MODES[ep.mode].render()}" for ep in accounts),
+        u=standin.url,
+    )
+    return standin
+
+
+_OA_MODES = {
+    "publish": tr("发表文章", "publishes articles"),
+    "mass_send": tr("群发", "mass-sends"),
+}
+
+
+def _held(d: DeliveryView) -> bool:
+    """Held by its channel for a time of its own (an official account's mass-send digest)."""
+    return d.status == "scheduled" and d.error_code == "held"
 
 
 def _unconfigured_kinds(registry: Registry) -> dict[str, list[str]]:
@@ -180,7 +228,9 @@ def _unconfigured_kinds(registry: Registry) -> dict[str, list[str]]:
 
 
 def _leave_out(data: dict[str, Any], registry: Registry, kinds: set[str]) -> dict[str, Any]:
-    if not kinds:
+    """The notice without the channels left out, nor those its targets lack (the demo runs
+    on whatever devices.yaml it is given)."""
+    if not kinds and not data.get("channels"):
         return data
     t = data["targets"]
     villages = registry.resolve_villages(
@@ -227,7 +277,7 @@ def _wait_settled(store: Store, ids: list[int], timeout: float) -> bool:
         task = progress.add_task(tr("投递中", "delivering").render(), total=None, s="")
         while time.monotonic() < deadline:
             deliveries = [d for nid in ids for d in store.deliveries(nid)]
-            done = sum(d.status in SETTLED for d in deliveries)
+            done = sum(d.status in SETTLED or _held(d) for d in deliveries)
             counts: dict[str, int] = {}
             for d in deliveries:
                 counts[d.status] = counts.get(d.status, 0) + 1
@@ -259,13 +309,18 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
     registry = load_registry(settings.devices)
     standins = _start_ingest_standins(registry)
     wecom = _start_wecom_standin(registry)
+    wechat = _start_wechat_standin(registry)
     reset_settings()
     settings = get_settings()
     _say("数据目录：{h}", "data directory: {h}", h=home)
     _say("正在启动工作进程……", "starting the worker...")
     worker_log = home / "logs" / "worker.log"
-    stack: Stack = start_stack(settings=settings, worker_log=worker_log, worker_loglevel="INFO")
-    boards = _start_boards(settings)
+    # No LED boards or loudspeakers: no MQTT broker, device listener or simulated devices.
+    devices_here = any(ep.kind in ("led", "speaker") for ep in registry.endpoints.values())
+    stack: Stack = start_stack(
+        settings=settings, worker_log=worker_log, worker_loglevel="INFO", devices=devices_here
+    )
+    boards = _start_boards(settings) if devices_here else []
     try:
         store = service.open_store(settings)
 
@@ -331,18 +386,41 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
             for vid, village in registry.villages.items():
                 if any(ep.kind == "tv_feed" for ep in village.endpoints):
                     http.get(f"{stack.feed_url}/feeds/{vid}.atom").raise_for_status()
-        # The server records a fetch just after answering it.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and store.count_open(ids, ("delivered", "skipped")):
-            time.sleep(0.1)
+        # The server records a fetch just after answering it; an official account's
+        # article is confirmed by the sweeper's next question to the stand-in.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _unfinished(store, ids):
+            time.sleep(0.2)
         _print_summary(store, ids, Console(), Table)
         _say(
             "模拟企业微信群共收到 {n} 条消息",
             "the stand-in WeCom groups received {n} messages",
             n=len(wecom.posted()),
         )
-        deliveries = [d for nid in ids for d in store.deliveries(nid)]
-        ok = settled and all(d.status in ("delivered", "skipped") for d in deliveries)
+        if wechat is not None:
+            _say(
+                "模拟公众号共发表 {a} 篇文章，群发 {m} 次",
+                "the stand-in official accounts published {a} articles and made {m} mass sends",
+                a=len(wechat.articles),
+                m=len(wechat.mass),
+            )
+        held = [d for nid in ids for d in store.deliveries(nid) if _held(d)]
+        for d in held:
+            _say(
+                "#{n} 在{k} {ep} 上暂不群发：{why}",
+                "#{n} waits on {k} {ep}: {why}",
+                n=d.notice_id,
+                k=KIND_LABELS[d.kind],
+                ep=d.endpoint_id,
+                why=(d.error_zh if current_lang() == "zh" else d.error_en) or "",
+            )
+        if held:
+            _say(
+                "（演示到此结束，汇总群发不会发出；正式运行时 villagecast up 到点发出）",
+                "(the demo ends here, so the digest is not sent; under villagecast up it goes "
+                "out at that time)",
+            )
+        ok = settled and not _unfinished(store, ids)
         first_village = next(iter(registry.villages))
         _say(
             "\n查看某村的订阅源：VILLAGECAST_HOME={h} villagecast feed {v} --format atom\n"
@@ -369,6 +447,18 @@ def run_demo(*, home: Path | None, devices: Path) -> int:
             server.shutdown()
             server.server_close()
         wecom.stop()
+        if wechat is not None:
+            wechat.stop()
+
+
+def _unfinished(store: Store, ids: list[int]) -> list[DeliveryView]:
+    """Deliveries not yet delivered, skipped, or held for a digest."""
+    return [
+        d
+        for nid in ids
+        for d in store.deliveries(nid)
+        if d.status not in ("delivered", "skipped") and not _held(d)
+    ]
 
 
 def _print_summary(store: Store, ids: list[int], console: Any, table_cls: Any) -> None:
