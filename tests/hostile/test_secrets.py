@@ -6,8 +6,8 @@ stand-in hands out access tokens that all start with ``STANDIN-TOKEN-``, and the
 signing key is read back from the keys directory. None of them may appear in the demo's
 output, in any file the demo leaves under its home (logs, crash log, feeds, audio, device
 state, both databases byte for byte), in a full dump of every table of both databases, or
-in what the CLI shows about the notices afterwards. The demo must also really have used
-them, or the test would prove nothing.
+in what the CLI and the township dashboard show about the notices afterwards. The demo
+must also really have used them, or the test would prove nothing.
 """
 
 from __future__ import annotations
@@ -20,19 +20,27 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
 from typer.testing import CliRunner
 
 from cli import app
+from content_queue.accounts import Accounts, Role
 from content_queue.registry import (
+    LedEndpoint,
     OfficialAccountEndpoint,
+    SpeakerEndpoint,
     TvFeedEndpoint,
     WecomGroupEndpoint,
     load_registry,
 )
-from content_queue.settings import reset_settings
+from content_queue.settings import Settings, reset_settings
+from content_queue.store import Store
+from dashboard.server import start_in_thread
 from refdevice.wechat_mp_standin import TOKEN_PREFIX
 from tests.conftest import REPO
 
@@ -88,6 +96,55 @@ def _dump(path: Path) -> str:
     """``sqlite3`` iterdump: every table, every row (blobs as X'..' hex)."""
     with sqlite3.connect(path) as db:
         return "\n".join(db.iterdump())
+
+
+def _dashboard_pages(home: Path) -> list[str]:
+    """Every page, API answer and export the township dashboard gives a county admin."""
+    settings = Settings(
+        home=home, devices=REPO / "devices.yaml", web_port=0, feed_port=0, lang="zh"
+    )
+    store = Store(settings.resolved_database_url)
+    registry = load_registry(settings.devices)
+    hasher = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    accounts = Accounts(store, hasher=hasher)
+    accounts.add_user(
+        username="county", password="correct-horse-9", role=Role.COUNTY_ADMIN, registry=registry
+    )
+    server = start_in_thread(settings, store, lambda: registry, accounts=accounts)
+    pages: list[str] = []
+    try:
+        with httpx.Client(base_url=server.web_url, timeout=20) as web:
+            login = {"username": "county", "password": "correct-horse-9"}
+            assert web.post("/api/v1/login", json=login).status_code == 200
+            devices = [
+                ep.device_id
+                for ep in registry.endpoints.values()
+                if isinstance(ep, LedEndpoint | SpeakerEndpoint)
+            ]
+            paths = [
+                "/overview",
+                "/devices",
+                "/failures",
+                "/export",
+                "/export/deliveries.csv",
+                "/api/v1/overview",
+                "/api/v1/devices",
+                "/api/v1/failures",
+                "/metrics",
+                *(f"/notices/{n}" for n in range(1, 5)),
+                *(f"/api/v1/notices/{n}" for n in range(1, 5)),
+                *(f"/devices/{d}" for d in devices[:2]),
+                *(f"/feeds/{v}.atom" for v in registry.villages),
+            ]
+            for path in paths:
+                page = web.get(path)
+                assert page.status_code == 200, (path, page.text[:300])
+                pages.append(page.text)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert any("寒潮蓝色预警" in p for p in pages)
+    return pages
 
 
 def _leaks(where: str, data: bytes, needles: dict[str, bytes]) -> list[str]:
@@ -163,6 +220,7 @@ def test_a_whole_demo_leaks_no_secret(tmp_path: Path) -> None:
     finally:
         reset_settings()
     assert "寒潮蓝色预警" in shown[0]
+    shown += _dashboard_pages(home)
 
     found = _leaks("demo output", output, needles)
     found += _leaks("CLI output", "\n".join(shown).encode(), needles)
