@@ -143,7 +143,7 @@ class KvSessionStorage(SessionStorage):  # type: ignore[misc]  # wechatpy is unt
         raw = kv_get(self.store, name)
         value = None if raw is None else self._open(name, raw)
         if isinstance(value, str) and key.endswith("access_token"):
-            remember_secret(value)  # fetched by another worker: still never logged here
+            remember_secret(value, short_lived=True)  # another worker fetched it
         return raw, value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -154,7 +154,7 @@ class KvSessionStorage(SessionStorage):  # type: ignore[misc]  # wechatpy is unt
         if value is None:
             return
         if isinstance(value, str) and key.endswith("access_token"):
-            remember_secret(value)
+            remember_secret(value, short_lived=True)
         name = self.prefix + key
         kv_set(self.store, name, self._seal(name, value), ttl=ttl)
 

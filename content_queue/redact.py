@@ -20,6 +20,7 @@ import logging
 import re
 import threading
 import traceback
+from collections import OrderedDict
 from typing import Any
 
 __all__ = ["MASK", "install", "redact", "remember_secret"]
@@ -39,20 +40,35 @@ _JSON = re.compile(
     re.IGNORECASE,
 )
 
+_MAX_SHORT_LIVED = 64
+"""Tokens remembered at most: a worker that runs for months sees a new token every two
+hours per account; the oldest (long expired) are forgotten, so scrubbing stays cheap."""
+
 _secrets: set[str] = set()
+_short_lived: OrderedDict[str, None] = OrderedDict()
 _pattern: re.Pattern[str] | None = None
 _lock = threading.Lock()
 
 
-def remember_secret(value: str | None) -> None:
-    """Scrub this value from every log record and redacted text from now on."""
+def remember_secret(value: str | None, *, short_lived: bool = False) -> None:
+    """Scrub this value from every log record and redacted text from now on
+    (``short_lived``: a token that expires; only the most recent are kept)."""
     global _pattern
     if not value or len(value) < _MIN_LEN or value in _secrets:
         return
     with _lock:
-        _secrets.add(value)
+        if short_lived:
+            if value in _short_lived:
+                _short_lived.move_to_end(value)
+                return
+            _short_lived[value] = None
+            while len(_short_lived) > _MAX_SHORT_LIVED:
+                _short_lived.popitem(last=False)
+        else:
+            _secrets.add(value)
+            _short_lived.pop(value, None)
         # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted(_secrets, key=len, reverse=True)
+        ordered = sorted(_secrets | _short_lived.keys(), key=len, reverse=True)
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
 
 

@@ -67,3 +67,17 @@ def test_a_bad_format_string_is_left_for_logging_to_report() -> None:
         "tests.redact", logging.INFO, __file__, 1, "bad %d", ("not a number",), None
     )
     assert (record.msg, record.args) == ("bad %d", ("not a number",))
+
+
+def test_only_the_most_recent_tokens_are_remembered() -> None:
+    first = f"TOKEN-first-{uuid.uuid4()}"
+    remember_secret(first, short_lived=True)
+    assert first not in redact(first)
+    for _ in range(100):  # a worker running for weeks: a new token every two hours
+        remember_secret(f"TOKEN-{uuid.uuid4()}", short_lived=True)
+    assert redact(first) == first  # long expired: forgotten, the pattern stays small
+    kept = f"SECRET-{uuid.uuid4()}"
+    remember_secret(kept)
+    for _ in range(100):
+        remember_secret(f"TOKEN-{uuid.uuid4()}", short_lived=True)
+    assert kept not in redact(kept)  # secrets from the environment are never forgotten
