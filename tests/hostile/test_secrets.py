@@ -183,13 +183,8 @@ def test_a_whole_demo_leaks_no_secret(tmp_path: Path) -> None:
         tokens = db.execute(
             "SELECT value FROM kv_entries WHERE key LIKE 'wechat:%access_token'"
         ).fetchall()
-    assert statuses == {
-        "wecom_group": "delivered",
-        "wechat_official_account": "delivered",
-        "tv_feed": "delivered",
-        "led": "delivered",
-        "speaker": "delivered",
-    }
+    assert {"wecom_group", "wechat_official_account", "tv_feed", "led", "speaker"} <= set(statuses)
+    assert set(statuses.values()) == {"delivered"}, statuses
     assert pushed == 4
     # The access tokens are cached for every worker, sealed with a key derived from the
     # account's AppSecret (channels/_oa_client.py): a copy of the database holds none.
