@@ -482,28 +482,7 @@ class Store:
         )
         s.add(notice)
         s.flush()
-        rows = []
-        for p in plans:
-            if p.skip_reason is not None:
-                status, finished = S.SKIPPED, now
-            else:
-                status, finished = (S.SCHEDULED if publish_at > now else S.PENDING), None
-            rows.append(
-                Delivery(
-                    notice_id=notice.id,
-                    endpoint_id=p.endpoint_id,
-                    kind=p.kind,
-                    village_id=p.village_id,
-                    township_id=p.township_id,
-                    status=status.value,
-                    attempts=0,
-                    due_at=publish_at,
-                    finished_at=finished,
-                    error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
-                    error_en=p.skip_reason.render("en") if p.skip_reason else None,
-                    updated_at=now,
-                )
-            )
+        rows = _delivery_rows(notice.id, plans, publish_at=publish_at, now=now)
         s.add_all(rows)
         s.add(
             AuditEntry(
@@ -585,28 +564,7 @@ class Store:
             if n.publish_at < now:
                 n.publish_at = now  # goes out now; a future publish time is kept
             s.add(AuditEntry(at=now, actor=actor, action="notice.approve", notice_id=n.id))
-            rows = []
-            for p in plans:
-                skipped = p.skip_reason is not None
-                status = (
-                    S.SKIPPED if skipped else (S.SCHEDULED if n.publish_at > now else S.PENDING)
-                )
-                rows.append(
-                    Delivery(
-                        notice_id=n.id,
-                        endpoint_id=p.endpoint_id,
-                        kind=p.kind,
-                        village_id=p.village_id,
-                        township_id=p.township_id,
-                        status=status.value,
-                        attempts=0,
-                        due_at=n.publish_at,
-                        finished_at=now if skipped else None,
-                        error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
-                        error_en=p.skip_reason.render("en") if p.skip_reason else None,
-                        updated_at=now,
-                    )
-                )
+            rows = _delivery_rows(n.id, plans, publish_at=n.publish_at, now=now)
             s.add_all(rows)
             s.add(
                 AuditEntry(
@@ -1645,6 +1603,34 @@ class DeviceView:
     capabilities: list[str]
     showing: list[str]
     updated_at: datetime
+
+
+def _delivery_rows(
+    notice_id: int, plans: Sequence[PlannedDelivery], *, publish_at: datetime, now: datetime
+) -> list[Delivery]:
+    """One delivery per planned endpoint: skipped with its reason, held until the publish
+    time, or due now (shared by adding a notice and approving a reviewed one)."""
+    rows = []
+    for p in plans:
+        skipped = p.skip_reason is not None
+        status = S.SKIPPED if skipped else (S.SCHEDULED if publish_at > now else S.PENDING)
+        rows.append(
+            Delivery(
+                notice_id=notice_id,
+                endpoint_id=p.endpoint_id,
+                kind=p.kind,
+                village_id=p.village_id,
+                township_id=p.township_id,
+                status=status.value,
+                attempts=0,
+                due_at=publish_at,
+                finished_at=now if skipped else None,
+                error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
+                error_en=p.skip_reason.render("en") if p.skip_reason else None,
+                updated_at=now,
+            )
+        )
+    return rows
 
 
 def _set_error(d: Delivery, text: Text | None, code: str | None) -> None:
