@@ -20,7 +20,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from sqlalchemy import Engine, create_engine, event, func, inspect, or_, select, text, update
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,7 +60,9 @@ __all__ = [
     "Claim",
     "DeliveryStatus",
     "DeliveryView",
+    "DeviceAck",
     "DeviceView",
+    "NewCommand",
     "NoticeView",
     "Outcome",
     "PlannedDelivery",
@@ -1138,6 +1151,129 @@ class Store:
             _end(d, status, now, outcome.text, code=outcome.code)
         return d.status
 
+    def finish_chunk(
+        self,
+        results: Sequence[tuple[Claim, Outcome]],
+        *,
+        published: Sequence[str] = (),
+        max_attempts: int,
+        now: datetime | None = None,
+    ) -> list[str]:
+        """:meth:`finish_many`, and in the same transaction note the device commands of the
+        chunk that the broker accepted as published (recorded before they were published,
+        by :meth:`record_commands`).
+
+        The common case of a fan-out, a ``sent`` outcome for a delivery still under this
+        worker's lease, is written with one batched statement per table; every other
+        outcome goes through the same per-row rules as :meth:`finish_many`.
+        """
+        now = now or utcnow()
+        ids = [c.delivery.id for c, _ in results]
+        tokens = [c.token for c, _ in results]
+        with self.session() as s, s.no_autoflush:
+            if published:
+                s.execute(
+                    update(DeviceCommand)
+                    .where(DeviceCommand.id.in_(list(published)))
+                    .values(published_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            leases = {
+                did: (status, leased_by, kind)
+                for did, status, leased_by, kind in s.execute(
+                    select(Delivery.id, Delivery.status, Delivery.leased_by, Delivery.kind).where(
+                        Delivery.id.in_(ids)
+                    )
+                )
+            }
+            acked = frozenset(
+                s.scalars(
+                    select(DeviceCommand.delivery_id).where(
+                        DeviceCommand.delivery_id.in_(ids),
+                        DeviceCommand.ack_status.in_(ACK_SUCCESS),
+                    )
+                )
+            )
+            simple: list[int] = []
+            other: list[int] = []
+            for i, (c, o) in enumerate(results):
+                lease = leases.get(c.delivery.id)
+                owned = lease is not None and lease[0] == S.SENDING and lease[1] == c.token
+                (simple if owned and o.kind == "sent" and not o.details else other).append(i)
+            statuses: list[str] = [""] * len(results)
+            if simple:
+                attempt_ids = dict(
+                    s.execute(
+                        select(Attempt.worker, Attempt.id).where(
+                            Attempt.delivery_id.in_([ids[i] for i in simple]),
+                            Attempt.worker.in_([tokens[i] for i in simple]),
+                        )
+                    ).all()
+                )
+                delivery_rows: list[dict[str, Any]] = []
+                attempt_rows: list[dict[str, Any]] = []
+                for i in simple:
+                    claim, outcome = results[i]
+                    did = claim.delivery.id
+                    row: dict[str, Any] = {
+                        "id": did,
+                        "status": S.SENT,
+                        "sent_at": now,
+                        "lease_until": None,
+                        "leased_by": None,
+                        "updated_at": now,
+                        "error_code": None,
+                        "error_zh": None,
+                        "error_en": None,
+                    }
+                    if outcome.external_ref is not None:
+                        row["external_ref"] = outcome.external_ref
+                    if leases[did][2] in ACKED_KINDS and did in acked:
+                        # The device acked before this worker recorded the publish.
+                        row.update(status=S.DELIVERED, delivered_at=now, finished_at=now)
+                    delivery_rows.append(row)
+                    statuses[i] = row["status"]
+                    if claim.token in attempt_ids:
+                        attempt_rows.append(
+                            {
+                                "id": attempt_ids[claim.token],
+                                "finished_at": now,
+                                "outcome": outcome.attempt_outcome or outcome.kind,
+                                "error_code": outcome.code,
+                                "error_zh": outcome.text.render("zh") if outcome.text else None,
+                                "error_en": outcome.text.render("en") if outcome.text else None,
+                            }
+                        )
+                s.execute(update(Delivery), delivery_rows)
+                if attempt_rows:
+                    s.execute(update(Attempt), attempt_rows)
+            if other:
+                other_ids = [ids[i] for i in other]
+                rows = {
+                    d.id: d for d in s.scalars(select(Delivery).where(Delivery.id.in_(other_ids)))
+                }
+                attempts = {
+                    a.worker: a
+                    for a in s.scalars(
+                        select(Attempt).where(
+                            Attempt.delivery_id.in_(other_ids),
+                            Attempt.worker.in_([tokens[i] for i in other]),
+                        )
+                    )
+                }
+                for i in other:
+                    c, o = results[i]
+                    statuses[i] = self._finish(
+                        rows.get(c.delivery.id),
+                        attempts.get(c.token),
+                        c,
+                        o,
+                        max_attempts=max_attempts,
+                        now=now,
+                        acked=acked,
+                    )
+            return statuses
+
     def sweep(
         self,
         *,
@@ -1354,6 +1490,37 @@ class Store:
                     )
                 )
 
+    def record_commands(self, commands: Sequence[NewCommand]) -> None:
+        """:meth:`record_command` for many commands (a claimed chunk's), in one transaction."""
+        if not commands:
+            return
+        with self.session() as s:
+            known = set(
+                s.scalars(
+                    select(DeviceCommand.id).where(
+                        DeviceCommand.id.in_([c.command_id for c in commands])
+                    )
+                )
+            )
+            rows: list[dict[str, Any]] = []
+            for c in commands:
+                if c.command_id in known:
+                    continue
+                known.add(c.command_id)
+                rows.append(
+                    {
+                        "id": c.command_id,
+                        "delivery_id": c.delivery_id,
+                        "device_id": c.device_id,
+                        "kind": c.kind,
+                        "issued_at": c.issued_at,
+                        "expires_at": c.expires_at,
+                        "sync": c.sync,
+                    }
+                )
+            if rows:
+                s.execute(insert(DeviceCommand), rows)
+
     def mark_published(self, command_id: str, *, now: datetime | None = None) -> None:
         with self.session() as s:
             s.execute(
@@ -1432,6 +1599,122 @@ class Store:
                 )
                 _end(d, S.FAILED, now, text, code=f"device_{reason or 'rejected'}")
             return d.status
+
+    def record_acks(
+        self, acks: Sequence[DeviceAck], *, now: datetime | None = None
+    ) -> list[str | None]:
+        """:meth:`record_ack` for many acks, in their order; returns each one's result.
+
+        The answer that comes by the thousand in a fan-out, a command carried out (``shown``,
+        ``played``), is recorded many to a transaction; any other answer (a rejection, a
+        clear) goes through :meth:`record_ack` on its own, in its place in the order.
+        """
+        now = now or utcnow()
+        results: list[str | None] = [None] * len(acks)
+        run: list[int] = []
+
+        def flush() -> None:
+            if run:
+                statuses = self._record_carried_out([acks[i] for i in run], now=now)
+                for i, status in zip(run, statuses, strict=True):
+                    results[i] = status
+                run.clear()
+
+        for i, ack in enumerate(acks):
+            if ack.status in CARRIED_OUT:
+                run.append(i)
+                continue
+            flush()
+            results[i] = self.record_ack(
+                device_id=ack.device_id,
+                command_id=ack.command_id,
+                status=ack.status,
+                reason=ack.reason,
+                detail=ack.detail,
+                now=now,
+            )
+        flush()
+        return results
+
+    def _record_carried_out(self, acks: Sequence[DeviceAck], *, now: datetime) -> list[str | None]:
+        """What :meth:`record_ack` does for ``shown``/``played``, for many acks in one
+        transaction: three reads, then one batched write per table (the writer lock is held
+        throughout, so what is read is what is written over)."""
+        with self.session() as s:
+            cmds = {
+                cid: (device, delivery)
+                for cid, device, delivery in s.execute(
+                    select(
+                        DeviceCommand.id, DeviceCommand.device_id, DeviceCommand.delivery_id
+                    ).where(DeviceCommand.id.in_({a.command_id for a in acks}))
+                )
+            }
+            status: dict[int, str] = dict(
+                s.execute(
+                    select(Delivery.id, Delivery.status).where(
+                        Delivery.id.in_({delivery for _, delivery in cmds.values()})
+                    )
+                ).all()
+            )
+            shown_on = {a.device_id for a in acks if a.status == "shown"}
+            showing: dict[str, list[str]] = (
+                {
+                    dev: list(current or [])
+                    for dev, current in s.execute(
+                        select(Device.device_id, Device.showing).where(
+                            Device.device_id.in_(shown_on)
+                        )
+                    )
+                }
+                if shown_on
+                else {}
+            )
+            command_rows: dict[str, dict[str, Any]] = {}
+            devices_changed: set[str] = set()
+            confirmed: set[int] = set()
+            out: list[str | None] = []
+            for a in acks:
+                found = cmds.get(a.command_id)
+                if found is None or found[0] != a.device_id:
+                    out.append(None)
+                    continue
+                command_rows[a.command_id] = {
+                    "id": a.command_id,
+                    "acked_at": now,
+                    "ack_status": a.status,
+                    "ack_reason": a.reason,
+                    "ack_detail": (a.detail or "")[:255] or None,
+                }
+                delivery = found[1]
+                if delivery not in status:
+                    out.append(None)
+                    continue
+                if a.status == "shown" and a.device_id in showing:
+                    current = [c for c in showing[a.device_id] if c != a.command_id]
+                    showing[a.device_id] = [*current, a.command_id]
+                    devices_changed.add(a.device_id)
+                if status[delivery] == S.SENT:
+                    status[delivery] = S.DELIVERED
+                    confirmed.add(delivery)
+                out.append(status[delivery])
+            if command_rows:
+                s.execute(update(DeviceCommand), list(command_rows.values()))
+            if devices_changed:
+                s.execute(
+                    update(Device),
+                    [
+                        {"device_id": dev, "showing": showing[dev], "updated_at": now}
+                        for dev in devices_changed
+                    ],
+                )
+            if confirmed:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(confirmed), Delivery.status == S.SENT)
+                    .values(status=S.DELIVERED, delivered_at=now, finished_at=now, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            return out
 
     def record_presence(
         self,
@@ -1634,6 +1917,34 @@ REJECTION_TEXTS: dict[str, Text] = {
         "the loudspeaker could not fetch the clip or its SHA-256 did not match",
     ),
 }
+
+
+CARRIED_OUT = frozenset({"shown", "played"})
+"""Acks that :meth:`Store.record_acks` records in batches (the rest one at a time)."""
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    """A signed device command to remember before it is published."""
+
+    command_id: str
+    delivery_id: int
+    device_id: str
+    kind: str
+    issued_at: datetime
+    expires_at: datetime
+    sync: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceAck:
+    """A device's answer to a command, as the listener hands it to the store."""
+
+    device_id: str
+    command_id: str
+    status: str
+    reason: str | None = None
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
