@@ -20,6 +20,13 @@ def batches(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
+def _batch_size(kind: str, settings: Settings) -> int:
+    from channels.base import get_channel
+
+    channel = get_channel(kind)
+    return settings.batch_size_for(channel.task_batch if channel else None)
+
+
 def ring(
     ids_by_kind: Mapping[str, Sequence[int]],
     *,
@@ -43,7 +50,8 @@ def ring(
     sigs = []
     for kind, ids in ids_by_kind.items():
         first = kind in SYNTHESIS_FIRST and not synthesized
-        for batch in batches(ids, _SYNTHESIS_BATCH if first else settings.batch_size):
+        size = _SYNTHESIS_BATCH if first else _batch_size(kind, settings)
+        for batch in batches(ids, size):
             sigs.append(
                 app.signature(
                     "villagecast.synthesize" if first else "villagecast.deliver",
