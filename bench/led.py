@@ -89,6 +89,43 @@ CELERY_LABEL = {"sqlite": "Celery SQLite (embedded)", "redis": "Celery Redis"}
 MQTT_LABEL = {"amqtt": "MQTT amqtt (embedded)", "mosquitto": "MQTT mosquitto"}
 
 
+PIDS: dict[str, int] = {}
+"""Processes whose CPU time is reported: the brokers, the board farm, the worker's group."""
+
+
+def _proc_cpu(pid: int) -> tuple[int, float]:
+    """(process group, CPU seconds) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds so far: this process (the listener thread, the submit, the bare script),
+    each broker, the farm, and the worker with its pool processes."""
+    snap = {"bench": time.process_time()}
+    for name, pid in PIDS.items():
+        if name == "worker":
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            snap[name] = _proc_cpu(pid)[1]
+    group = PIDS.get("worker")
+    if group is not None:
+        total = 0.0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    pgid, cpu = _proc_cpu(int(entry))
+                    if pgid == group:
+                        total += cpu
+        snap["worker"] = total
+    return snap
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before[k], 2) for k in after if k in before}
+
+
 class BenchError(RuntimeError):
     """A step failed or timed out; the run is reported as failed, the others go on."""
 
@@ -148,8 +185,10 @@ def redis_server(workdir: Path) -> Iterator[str]:
         )
     try:
         _wait_port(port, proc, "redis-server")
+        PIDS["redis"] = proc.pid
         yield f"redis://127.0.0.1:{port}/0"
     finally:
+        PIDS.pop("redis", None)
         _stop(proc)
 
 
@@ -164,6 +203,7 @@ def _mosquitto_conf(port: int, workdir: Path, devices: int) -> str:
             "autosave_interval 60",
             f"max_queued_messages {max(1000, 2 * devices)}",
             "max_inflight_messages 20",
+            "set_tcp_nodelay true",
             "persistent_client_expiration 14d",
             "log_dest stderr",
             "log_type error",
@@ -194,8 +234,10 @@ def mqtt_broker(kind: str, workdir: Path, devices: int) -> Iterator[str]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
     try:
         _wait_port(port, proc, kind)
+        PIDS["mqtt"] = proc.pid
         yield f"mqtt://127.0.0.1:{port}"
     finally:
+        PIDS.pop("mqtt", None)
         _stop(proc)
 
 
@@ -239,6 +281,7 @@ class Farm:
             stderr=self._log,
             cwd=REPO,
         )
+        PIDS["farm"] = self.proc.pid
         self.lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name="farm-stdout", daemon=True)
         self._reader.start()
@@ -279,6 +322,7 @@ class Farm:
 
     def close(self, timeout: float = 20) -> dict[str, Any] | None:
         summary: dict[str, Any] | None = None
+        PIDS.pop("farm", None)
         if self.proc.poll() is None:
             self.proc.terminate()
             with contextlib.suppress(BenchError):
@@ -311,6 +355,9 @@ def led_environment(home: Path, celery_url: str | None, mqtt_url: str, n: int) -
             "PYTHONPATH": str(REPO),
         }
     )
+    for key in ("BENCH_TASK_BATCH", "BENCH_CLAIM_CHUNK"):
+        if key in saved:
+            os.environ[key] = saved[key]
     if celery_url:
         os.environ["VILLAGECAST_BROKER_URL"] = celery_url
     reset_settings()
@@ -336,9 +383,11 @@ def worker_process(log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen
         proc = spawn_worker(
             env=dict(os.environ), concurrency=concurrency, sweeper=False, stdout=fh, stderr=fh
         )
+    PIDS["worker"] = proc.pid  # its own process group (spawn_worker starts a session)
     try:
         yield proc
     finally:
+        PIDS.pop("worker", None)
         _stop(proc, timeout=20, group=True)
 
 
@@ -441,7 +490,9 @@ def villagecast_run(n: int, timeout: float) -> VcRun:
     c0 = time.perf_counter()
     nid = _submit({"county": True})
     rung = utcnow()
-    _wait_for(lambda: _open_count(nid) == 0, timeout, f"{n} deliveries terminal", step=0.01)
+    # The total is read from the store (the last delivered_at), not from this poll, so the
+    # poll can be slow enough not to compete with the listener thread for the GIL.
+    _wait_for(lambda: _open_count(nid) == 0, timeout, f"{n} deliveries terminal", step=0.1)
     waited = time.perf_counter() - c0
     return _analyse(service.open_store(get_settings()), nid, t0, rung, waited)
 
@@ -652,6 +703,10 @@ class Result:
     vc: VcRun | None = None
     farm: dict[str, Any] | None = None
     farm_during_vc: dict[str, Any] | None = None
+    cpu_bare: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process spent during bare run A (see cpu_snapshot)."""
+    cpu_vc: dict[str, float] = field(default_factory=dict)
+    """The same during villagecast's run (until the last delivery was seen terminal)."""
     seconds: float = math.nan
 
     @property
@@ -684,7 +739,9 @@ def run_one(
             )
             result.farm_ready = farm.ready(timeout + 15)
             payloads, ids, result.signing = sign_payloads("bareA", 1)
+            cpu0 = cpu_snapshot()
             result.bare.append(bare_script(mqtt_url, payloads, ids, timeout))
+            result.cpu_bare = cpu_delta(cpu0, cpu_snapshot())
             with (
                 listener(n if presence else 0, timeout),
                 worker_process(home / "worker.log", concurrency),
@@ -692,7 +749,9 @@ def run_one(
                 warm = _submit({"villages": _villages(WARM_VILLAGES, n)})
                 _wait_for(lambda: _open_count(warm) == 0, 120, "warm-up notice delivered")
                 before = farm.stats()
+                cpu0 = cpu_snapshot()
                 result.vc = villagecast_run(n, timeout)
+                result.cpu_vc = cpu_delta(cpu0, cpu_snapshot())
                 after = farm.stats()
                 result.farm_during_vc = _farm_delta(before, after)
             payloads, ids, _ = sign_payloads("bareB", 2)
@@ -833,6 +892,15 @@ def print_breakdown(results: list[Result]) -> None:
             f"{bare[0]:7.2f} {bare[1]:7.2f} {cpu:14.2f} {dups:>5}"
             + ("" if r.ok else f"  FAILED: {r.error}")
         )
+    print()
+    print("CPU seconds during the run (bench = this process: listener thread, submit, bare script)")
+    for r in results:
+        for what, cpu in (("bare A", r.cpu_bare), ("villagecast", r.cpu_vc)):
+            if cpu:
+                parts = "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items()))
+                print(
+                    f"  {r.setup:<22} {r.n:>5}  {what:<12} {parts}  total {sum(cpu.values()):.2f}"
+                )
 
 
 DEFAULT_SETUPS = ("embedded", "embedded-mosquitto", "redis")
