@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,32 @@ def test_record_acks_in_runs_keeps_the_order(tmp_path: Path, size: int) -> None:
     for i in range(0, len(acks), size):
         got += store.record_acks(acks[i : i + size], now=T1)
     assert got == ["expired", "expired"]  # a late success does not revive an ended delivery
+
+
+def test_writers_take_turns_and_a_thread_may_nest(tmp_path: Path) -> None:
+    """Writers queue on a file lock beside the database; a thread that already holds the
+    turn (a write session inside another) is not made to wait for itself."""
+    store = _store(tmp_path / "vc.db")
+    order: list[str] = []
+
+    def nested() -> None:
+        with store.session(), store.session():
+            order.append("nested")
+
+    def second() -> None:
+        with store.session():
+            order.append("second")
+
+    with store.session():
+        assert (tmp_path / "vc.db.writer.lock").exists()
+        other = threading.Thread(target=second)
+        other.start()
+        other.join(0.3)
+        assert other.is_alive()  # waiting for this thread's turn to end
+        order.append("first")
+    other.join(10)
+    inner = threading.Thread(target=nested)
+    inner.start()
+    inner.join(10)
+    assert not inner.is_alive()
+    assert order == ["first", "second", "nested"]
