@@ -906,6 +906,12 @@ def print_breakdown(results: list[Result]) -> None:
 DEFAULT_SETUPS = ("embedded", "embedded-mosquitto", "redis")
 
 
+AMQTT_MAX_BOARDS = 1000
+"""amqtt (the embedded MQTT broker) cannot connect more boards than this in minutes (its
+retained-message and subscription matching is quadratic); larger runs on it are skipped
+unless asked for with --no-limit."""
+
+
 def run_all(
     setups: Sequence[str],
     sizes: Sequence[int],
@@ -914,24 +920,78 @@ def run_all(
     keep: bool = False,
     presence: bool = True,
     concurrency: int = 2,
+    repeat: int = 1,
+    limit: bool = True,
 ) -> list[Result]:
-    """Every setup at every size, one after the other (progress on stderr)."""
+    """Every setup at every size, one after the other, ``repeat`` rounds (progress on
+    stderr). Rounds interleave the setups, so a burst of other load on the machine does
+    not land on one setup's runs only."""
     results: list[Result] = []
-    for setup in setups:
-        for n in sizes:
-            print(f"== {setup} ({' + '.join(SETUPS[setup])}), N={n}", file=sys.stderr, flush=True)
-            r = run_one(
-                setup,
-                n,
-                timeout=timeout,
-                keep=keep,
-                presence=presence,
-                concurrency=concurrency,
-            )
-            status = "ok" if r.ok else f"FAILED: {r.error}"
-            print(f"   {status} in {r.seconds:.0f} s", file=sys.stderr, flush=True)
-            results.append(r)
+    for rnd in range(1, repeat + 1):
+        for setup in setups:
+            for n in sizes:
+                if limit and SETUPS[setup][1] == "amqtt" and n > AMQTT_MAX_BOARDS:
+                    print(
+                        f"== {setup}, N={n}: skipped (amqtt cannot connect more than "
+                        f"{AMQTT_MAX_BOARDS:,} boards in time; --no-limit tries anyway)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                print(
+                    f"== round {rnd}/{repeat}: {setup} ({' + '.join(SETUPS[setup])}), N={n}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                r = run_one(
+                    setup,
+                    n,
+                    timeout=timeout,
+                    keep=keep,
+                    presence=presence,
+                    concurrency=concurrency,
+                )
+                status = (
+                    f"ok: {r.vc.total if r.vc else math.nan:.2f} s against {r.baseline:.2f} s"
+                    if r.ok
+                    else f"FAILED: {r.error}"
+                )
+                print(f"   {status} (run took {r.seconds:.0f} s)", file=sys.stderr, flush=True)
+                results.append(r)
     return results
+
+
+def print_summary(results: list[Result]) -> None:
+    """Medians over the rounds: what docs/performance.md reports."""
+    groups: dict[tuple[str, int, bool], list[Result]] = defaultdict(list)
+    for r in results:
+        groups[(r.setup, r.n, r.presence)].append(r)
+    print()
+    print(
+        "summary (medians over the rounds; ratio = villagecast / the faster bare run of the "
+        "same round)"
+    )
+    print(
+        "  setup                    N  runs  villagecast   bare paho   ratio (range)        "
+        "polling or Celery gaps"
+    )
+    for (setup, n, presence), runs in groups.items():
+        ok = [r for r in runs if r.ok and r.vc is not None]
+        label = setup + ("" if presence else " (no presence)")
+        if not ok:
+            print(f"  {label:<22} {n:>5}  0/{len(runs)}  failed: {runs[-1].error}")
+            continue
+        totals = [r.vc.total for r in ok if r.vc is not None]
+        bases = [r.baseline for r in ok]
+        ratios = sorted(t / b for t, b in zip(totals, bases, strict=True))
+        shares = [r.vc.polling / r.vc.total for r in ok if r.vc is not None]
+        polls = [r.vc.polling for r in ok if r.vc is not None]
+        print(
+            f"  {label:<22} {n:>5}  {len(ok)}/{len(runs)}  "
+            f"{statistics.median(totals):9.2f} s  {statistics.median(bases):8.2f} s  "
+            f"{statistics.median(ratios):5.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})  "
+            f"{statistics.median(polls):5.2f} s = {statistics.median(shares):4.0%}"
+        )
 
 
 def led_rows(*, quick: bool, setups: Sequence[str] = DEFAULT_SETUPS) -> list[Row]:
@@ -955,6 +1015,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--json", type=Path, help="also write rows and details as JSON")
     parser.add_argument("--keep", action="store_true", help="keep each run's directory")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over every setup and size (medians)"
+    )
+    parser.add_argument(
+        "--no-limit",
+        action="store_true",
+        help=f"also run amqtt above {AMQTT_MAX_BOARDS:,} boards (it does not connect in time)",
+    )
     parser.add_argument(
         "--no-presence",
         action="store_true",
@@ -982,10 +1050,13 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         presence=not args.no_presence,
         concurrency=args.concurrency,
+        repeat=args.repeat,
+        limit=not args.no_limit,
     )
     rows = [row for r in results for row in rows_for(r)] + compare_rows(results)
     print_rows(rows)
     print_breakdown(results)
+    print_summary(results)
     if args.json:
         args.json.write_text(
             json.dumps(
