@@ -11,7 +11,7 @@ import fcntl
 import os
 import threading
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from sqlalchemy import (
     Engine,
+    bindparam,
     create_engine,
     event,
     func,
@@ -1212,43 +1213,75 @@ class Store:
                         )
                     ).all()
                 )
-                delivery_rows: list[dict[str, Any]] = []
-                attempt_rows: list[dict[str, Any]] = []
+                # Grouped: one statement for the deliveries sent, one for those the device
+                # had already acked, the external refs in one executemany, and one statement
+                # per distinct attempt outcome (a chunk has one).
+                sent_ids: list[int] = []
+                confirmed_ids: list[int] = []
+                refs: list[dict[str, Any]] = []
+                closing: dict[tuple[str, str | None, str | None, str | None], list[int]]
+                closing = defaultdict(list)
                 for i in simple:
                     claim, outcome = results[i]
                     did = claim.delivery.id
-                    row: dict[str, Any] = {
-                        "id": did,
-                        "status": S.SENT,
-                        "sent_at": now,
-                        "lease_until": None,
-                        "leased_by": None,
-                        "updated_at": now,
-                        "error_code": None,
-                        "error_zh": None,
-                        "error_en": None,
-                    }
-                    if outcome.external_ref is not None:
-                        row["external_ref"] = outcome.external_ref
                     if leases[did][2] in ACKED_KINDS and did in acked:
                         # The device acked before this worker recorded the publish.
-                        row.update(status=S.DELIVERED, delivered_at=now, finished_at=now)
-                    delivery_rows.append(row)
-                    statuses[i] = row["status"]
+                        confirmed_ids.append(did)
+                        statuses[i] = S.DELIVERED
+                    else:
+                        sent_ids.append(did)
+                        statuses[i] = S.SENT
+                    if outcome.external_ref is not None:
+                        refs.append({"b_id": did, "b_ref": outcome.external_ref})
                     if claim.token in attempt_ids:
-                        attempt_rows.append(
-                            {
-                                "id": attempt_ids[claim.token],
-                                "finished_at": now,
-                                "outcome": outcome.attempt_outcome or outcome.kind,
-                                "error_code": outcome.code,
-                                "error_zh": outcome.text.render("zh") if outcome.text else None,
-                                "error_en": outcome.text.render("en") if outcome.text else None,
-                            }
+                        text = outcome.text
+                        key = (
+                            outcome.attempt_outcome or outcome.kind,
+                            outcome.code,
+                            text.render("zh") if text else None,
+                            text.render("en") if text else None,
                         )
-                s.execute(update(Delivery), delivery_rows)
-                if attempt_rows:
-                    s.execute(update(Attempt), attempt_rows)
+                        closing[key].append(attempt_ids[claim.token])
+                sent_values: dict[str, Any] = {
+                    "status": S.SENT,
+                    "sent_at": now,
+                    "lease_until": None,
+                    "leased_by": None,
+                    "updated_at": now,
+                    "error_code": None,
+                    "error_zh": None,
+                    "error_en": None,
+                }
+                for chosen, extra in (
+                    (sent_ids, {}),
+                    (
+                        confirmed_ids,
+                        {"status": S.DELIVERED, "delivered_at": now, "finished_at": now},
+                    ),
+                ):
+                    if chosen:
+                        s.execute(
+                            update(Delivery)
+                            .where(Delivery.id.in_(chosen))
+                            .values(**(sent_values | extra))
+                            .execution_options(synchronize_session=False)
+                        )
+                if refs:
+                    s.connection().execute(  # plain executemany, no ORM bookkeeping
+                        update(Delivery)
+                        .where(Delivery.id == bindparam("b_id"))
+                        .values(external_ref=bindparam("b_ref")),
+                        refs,
+                    )
+                for (kind, code, zh, en), attempt_list in closing.items():
+                    s.execute(
+                        update(Attempt)
+                        .where(Attempt.id.in_(attempt_list))
+                        .values(
+                            finished_at=now, outcome=kind, error_code=code, error_zh=zh, error_en=en
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
             if other:
                 other_ids = [ids[i] for i in other]
                 rows = {
@@ -1671,7 +1704,7 @@ class Store:
                 if shown_on
                 else {}
             )
-            command_rows: dict[str, dict[str, Any]] = {}
+            command_rows: dict[str, tuple[str, str | None, str | None]] = {}
             devices_changed: set[str] = set()
             confirmed: set[int] = set()
             out: list[str | None] = []
@@ -1680,13 +1713,7 @@ class Store:
                 if found is None or found[0] != a.device_id:
                     out.append(None)
                     continue
-                command_rows[a.command_id] = {
-                    "id": a.command_id,
-                    "acked_at": now,
-                    "ack_status": a.status,
-                    "ack_reason": a.reason,
-                    "ack_detail": (a.detail or "")[:255] or None,
-                }
+                command_rows[a.command_id] = (a.status, a.reason, (a.detail or "")[:255] or None)
                 delivery = found[1]
                 if delivery not in status:
                     out.append(None)
@@ -1699,15 +1726,24 @@ class Store:
                     status[delivery] = S.DELIVERED
                     confirmed.add(delivery)
                 out.append(status[delivery])
-            if command_rows:
-                s.execute(update(DeviceCommand), list(command_rows.values()))
-            if devices_changed:
+            # One statement per kind of answer (a burst is nearly all "shown"), one
+            # executemany for the devices' lists.
+            answers: dict[tuple[str, str | None, str | None], list[str]] = defaultdict(list)
+            for cid, (status_, reason, detail) in command_rows.items():
+                answers[(status_, reason, detail)].append(cid)
+            for (status_, reason, detail), cids in answers.items():
                 s.execute(
-                    update(Device),
-                    [
-                        {"device_id": dev, "showing": showing[dev], "updated_at": now}
-                        for dev in devices_changed
-                    ],
+                    update(DeviceCommand)
+                    .where(DeviceCommand.id.in_(cids))
+                    .values(acked_at=now, ack_status=status_, ack_reason=reason, ack_detail=detail)
+                    .execution_options(synchronize_session=False)
+                )
+            if devices_changed:
+                s.connection().execute(  # plain executemany, no ORM bookkeeping
+                    update(Device)
+                    .where(Device.device_id == bindparam("b_device"))
+                    .values(showing=bindparam("b_showing"), updated_at=now),
+                    [{"b_device": dev, "b_showing": showing[dev]} for dev in devices_changed],
                 )
             if confirmed:
                 s.execute(
