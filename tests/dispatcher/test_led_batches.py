@@ -17,11 +17,22 @@ PREFIX = "vc/v1"
 
 
 def test_led_tasks_carry_more_unless_the_batch_size_is_set(tmp_path: Path) -> None:
-    default = Settings(home=tmp_path)
-    assert _batch_size("led", default) == 500
-    assert _batch_size("tv_feed", default) == 25 == default.batch_size
-    chosen = Settings(home=tmp_path, batch_size=7)
-    assert _batch_size("led", chosen) == 7 and _batch_size("tv_feed", chosen) == 7
+    redis = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/0")
+    assert _batch_size("led", redis, 5000) == 500
+    assert _batch_size("tv_feed", redis, 5000) == 25 == redis.batch_size
+    chosen = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/0", batch_size=7)
+    assert _batch_size("led", chosen, 5000) == 7 and _batch_size("tv_feed", chosen, 5000) == 7
+
+
+def test_on_the_embedded_broker_a_fan_out_is_split_over_the_worker_processes(
+    tmp_path: Path,
+) -> None:
+    embedded = Settings(home=tmp_path, worker_concurrency=2)
+    assert embedded.broker_is_embedded
+    assert _batch_size("led", embedded, 5000) == 2500  # two tasks: no poll between tasks
+    assert _batch_size("led", embedded, 300) == 500
+    assert _batch_size("tv_feed", embedded, 5000) == 25
+    assert _batch_size("led", Settings(home=tmp_path, batch_size=50), 5000) == 50
 
 
 def _ack(device: str, command: str, status: str = "shown", reason: str | None = None) -> bytes:
