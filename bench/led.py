@@ -1,7 +1,8 @@
 """LED fan-out: one emergency notice to N simulated LED boards, beside a bare paho script.
 
     python bench/led.py [--quick] [--json FILE] [--setups embedded,redis] [--sizes 1000,5000]
-                        [--concurrency 2] [--no-presence] [--timeout 300] [--keep]
+                        [--repeat 3] [--concurrency 2] [--no-presence] [--no-limit]
+                        [--timeout 300] [--keep]
 
 For each setup (a Celery broker and an MQTT broker) and each N (1,000 and 5,000; --quick:
 200 and 1,000), in a fresh data directory and with fresh brokers on loopback:
@@ -18,6 +19,12 @@ For each setup (a Celery broker and an MQTT broker) and each N (1,000 and 5,000;
    the last delivery turning ``delivered`` (the listener recorded the board's ack).
 4. bare B: the worker and listener are stopped and the bare script runs again. The
    baseline is the faster of A and B (the ratio is conservative).
+
+With --repeat K, the whole set runs K rounds (setups interleaved) and a summary gives the
+medians; each round's ratio is against the faster of its own two bare runs. Runs of amqtt
+above 1,000 boards are skipped unless --no-limit: it does not connect them in minutes.
+CPU seconds per process (this process with the listener thread, the brokers, the farm,
+the worker with its pool) are printed for bare run A and for villagecast's run.
 
 Every step has a hard timeout (--timeout), every process started here is stopped by its
 id at the end of its run, and a run that fails is reported as FAILED (its directory and
