@@ -479,7 +479,7 @@ class VcRun:
     publishing: float  # first claim -> last command published
     ack_tail: float  # last published -> last delivered
     idle: float  # mean per worker process: gaps between its tasks
-    tasks: int
+    tasks: int  # Celery tasks (each claims its ids in chunks)
     processes: int
     statuses: dict[str, int]
 
@@ -501,10 +501,16 @@ def villagecast_run(n: int, timeout: float) -> VcRun:
     # poll can be slow enough not to compete with the listener thread for the GIL.
     _wait_for(lambda: _open_count(nid) == 0, timeout, f"{n} deliveries terminal", step=0.1)
     waited = time.perf_counter() - c0
-    return _analyse(service.open_store(get_settings()), nid, t0, rung, waited)
+    from dispatcher.doorbell import _batch_size
+
+    settings = get_settings()
+    per_task = _batch_size("led", settings, n)
+    return _analyse(service.open_store(settings), nid, t0, rung, waited, per_task)
 
 
-def _analyse(store: Any, nid: int, t0: datetime, rung: datetime, waited: float) -> VcRun:
+def _analyse(
+    store: Any, nid: int, t0: datetime, rung: datetime, waited: float, per_task: int
+) -> VcRun:
     from sqlalchemy import func, select
 
     from content_queue.db import Attempt, Delivery, DeviceCommand
@@ -526,19 +532,31 @@ def _analyse(store: Any, nid: int, t0: datetime, rung: datetime, waited: float) 
             .where(Delivery.notice_id == nid)
         )
         attempts = s.execute(
-            select(Attempt.worker, Attempt.started_at, Attempt.finished_at)
+            select(Attempt.delivery_id, Attempt.worker, Attempt.started_at, Attempt.finished_at)
             .join(Delivery, Delivery.id == Attempt.delivery_id)
             .where(Delivery.notice_id == nid)
         ).all()
-    # A claim chunk shares one started_at per worker process; a token is host:pid:uuid.
+    # A claim chunk shares one started_at per process (a token is host:pid:uuid). The
+    # doorbell cut the notice's ids, in order, into tasks of ``per_task``, so chunks group
+    # into tasks and tasks into processes. Idle time is counted between one task's last
+    # write and the same process's next task: Celery's gap, and on the embedded broker the
+    # wait for the transport's next poll (gaps between chunks of one task are not idle).
+    first_id = min((did for did, *_ in attempts), default=0)
     chunks: dict[tuple[str, datetime], datetime] = {}
-    for token, started, finished in attempts:
+    task_of: dict[tuple[str, datetime], int] = {}
+    for did, token, started, finished in attempts:
         key = (token.rsplit(":", 1)[0], started)
         end = finished or started
         chunks[key] = max(chunks.get(key, end), end)
+        task_of[key] = (did - first_id) // per_task
+    tasks: dict[tuple[str, int], tuple[datetime, datetime]] = {}
+    for key, finished in chunks.items():
+        task = (key[0], task_of[key])
+        first, last = tasks.get(task, (key[1], finished))
+        tasks[task] = (min(first, key[1]), max(last, finished))
     by_process: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
-    for (proc, started), finished in chunks.items():
-        by_process[proc].append((started, finished))
+    for (proc, _), span in tasks.items():
+        by_process[proc].append(span)
     idles = []
     for spans in by_process.values():
         spans.sort()
@@ -558,7 +576,7 @@ def _analyse(store: Any, nid: int, t0: datetime, rung: datetime, waited: float) 
         publishing=(pub_end - first_claim).total_seconds(),
         ack_tail=max(0.0, (end - pub_end).total_seconds()),
         idle=statistics.mean(idles) if idles else 0.0,
-        tasks=len(chunks),
+        tasks=len(tasks),
         processes=len(by_process),
         statuses={str(k): int(v) for k, v in statuses.items()},
     )
