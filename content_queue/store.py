@@ -2075,32 +2075,32 @@ class _WriterQueue:
     to 100 ms between tries, so with two workers and the ack listener writing at once a
     writer sleeps long after the lock was freed (in a 5,000-board fan-out the workers spent
     a third of their time in BEGIN IMMEDIATE). A blocked ``flock`` wakes as soon as it is
-    released. Reentrant within a thread; one file description per process, reopened after
-    a fork (a description shared across a fork would share the lock)."""
+    released. Reentrant within a thread. The lock file is opened for each turn and closed
+    after it, so no descriptor outlives a transaction or crosses a fork."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._mutex = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
-        self._pid = 0
-
-    def _file(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
-        return self._fd
 
     @contextmanager
     def turn(self) -> Iterator[None]:
         """Hold the write turn (already held by this thread: nothing more to wait for)."""
         with self._mutex:
             if self._depth == 0:
-                fcntl.flock(self._file(), fcntl.LOCK_EX)
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
                 if self._depth == 0 and self._fd is not None:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    os.close(self._fd)  # closing the last descriptor releases the lock
+                    self._fd = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,10 +112,25 @@ def keyring(settings: Settings) -> Keyring:
     return Keyring.init(settings.keys_dir)
 
 
+_OPEN: list[Store] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_stores() -> Iterator[None]:
+    """Close every engine a test opened (paho's select() loop cannot take descriptors
+    above 1024, and the suite runs many paho clients after these tests)."""
+    yield
+    while _OPEN:
+        store = _OPEN.pop()
+        store.engine.dispose()
+        store.read_engine.dispose()
+
+
 def _contexts(
     settings: Settings, registry: Registry, **notice: object
 ) -> tuple[Store, list[DeliveryContext]]:
     store = Store(f"sqlite:///{settings.home / 'vc.sqlite'}")
+    _OPEN.append(store)
     data = {
         "title": "山洪预警",
         "body": "今夜有大到暴雨，沿河群众请立即转移。",

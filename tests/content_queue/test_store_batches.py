@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,24 @@ T1 = T0 + timedelta(seconds=2)
 BOARDS = ["a", "b", "c", "d", "e"]
 
 
+_OPEN: list[Store] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_stores() -> Iterator[None]:
+    """Close every engine a test opened (the suite runs paho clients, whose select() loop
+    cannot take descriptors above 1024)."""
+    yield
+    while _OPEN:
+        store = _OPEN.pop()
+        store.engine.dispose()
+        store.read_engine.dispose()
+
+
 def _store(path: Path) -> Store:
-    return Store(f"sqlite:///{path}")
+    store = Store(f"sqlite:///{path}")
+    _OPEN.append(store)
+    return store
 
 
 def _claimed(store: Store) -> list[Claim]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from channels.protocol import Ack, DeviceState, encode
 from content_queue.models import build_notice
 from content_queue.registry import Registry, RegistryFile
@@ -56,9 +58,11 @@ def _state(device: str, state: str) -> bytes:
     )
 
 
-def test_listener_records_a_burst_in_order(tmp_path: Path) -> None:
+def test_listener_records_a_burst_in_order(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
     store = Store(f"sqlite:///{tmp_path / 'vc.db'}")
+    request.addfinalizer(store.engine.dispose)
+    request.addfinalizer(store.read_engine.dispose)
     _, deliveries = store.add_notice(
         build_notice(
             {
