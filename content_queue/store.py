@@ -1174,6 +1174,18 @@ class Store:
         ids = [c.delivery.id for c, _ in results]
         tokens = [c.token for c, _ in results]
         with self.session() as s, s.no_autoflush:
+            # Deliveries first, locked (PostgreSQL; SQLite's writer lock already serialises):
+            # an ack recorded concurrently either commits before this (and is seen below)
+            # or waits for this commit and then confirms the 'sent' delivery itself.
+            leases = {
+                did: (status, leased_by, kind)
+                for did, status, leased_by, kind in s.execute(
+                    select(Delivery.id, Delivery.status, Delivery.leased_by, Delivery.kind)
+                    .where(Delivery.id.in_(ids))
+                    .order_by(Delivery.id)
+                    .with_for_update()
+                )
+            }
             if published:
                 s.execute(
                     update(DeviceCommand)
@@ -1181,14 +1193,6 @@ class Store:
                     .values(published_at=now)
                     .execution_options(synchronize_session=False)
                 )
-            leases = {
-                did: (status, leased_by, kind)
-                for did, status, leased_by, kind in s.execute(
-                    select(Delivery.id, Delivery.status, Delivery.leased_by, Delivery.kind).where(
-                        Delivery.id.in_(ids)
-                    )
-                )
-            }
             acked = frozenset(
                 s.scalars(
                     select(DeviceCommand.delivery_id).where(
@@ -1684,11 +1688,14 @@ class Store:
                     ).where(DeviceCommand.id.in_({a.command_id for a in acks}))
                 )
             }
+            # Locked in the same order as finish_chunk locks them (deliveries, then
+            # commands), so a worker finishing these deliveries and this batch serialise.
             status: dict[int, str] = dict(
                 s.execute(
-                    select(Delivery.id, Delivery.status).where(
-                        Delivery.id.in_({delivery for _, delivery in cmds.values()})
-                    )
+                    select(Delivery.id, Delivery.status)
+                    .where(Delivery.id.in_({delivery for _, delivery in cmds.values()}))
+                    .order_by(Delivery.id)
+                    .with_for_update()
                 ).all()
             )
             shown_on = {a.device_id for a in acks if a.status == "shown"}
