@@ -1,7 +1,8 @@
 """LED fan-out: one emergency notice to N simulated LED boards, beside a bare paho script.
 
     python bench/led.py [--quick] [--json FILE] [--setups embedded,redis] [--sizes 1000,5000]
-                        [--concurrency 2] [--no-presence] [--timeout 300] [--keep]
+                        [--repeat 3] [--concurrency 2] [--no-presence] [--no-limit]
+                        [--timeout 300] [--keep]
 
 For each setup (a Celery broker and an MQTT broker) and each N (1,000 and 5,000; --quick:
 200 and 1,000), in a fresh data directory and with fresh brokers on loopback:
@@ -18,6 +19,12 @@ For each setup (a Celery broker and an MQTT broker) and each N (1,000 and 5,000;
    the last delivery turning ``delivered`` (the listener recorded the board's ack).
 4. bare B: the worker and listener are stopped and the bare script runs again. The
    baseline is the faster of A and B (the ratio is conservative).
+
+With --repeat K, the whole set runs K rounds (setups interleaved) and a summary gives the
+medians; each round's ratio is against the faster of its own two bare runs. Runs of amqtt
+above 1,000 boards are skipped unless --no-limit: it does not connect them in minutes.
+CPU seconds per process (this process with the listener thread, the brokers, the farm,
+the worker with its pool) are printed for bare run A and for villagecast's run.
 
 Every step has a hard timeout (--timeout), every process started here is stopped by its
 id at the end of its run, and a run that fails is reported as FAILED (its directory and
@@ -89,6 +96,43 @@ CELERY_LABEL = {"sqlite": "Celery SQLite (embedded)", "redis": "Celery Redis"}
 MQTT_LABEL = {"amqtt": "MQTT amqtt (embedded)", "mosquitto": "MQTT mosquitto"}
 
 
+PIDS: dict[str, int] = {}
+"""Processes whose CPU time is reported: the brokers, the board farm, the worker's group."""
+
+
+def _proc_cpu(pid: int) -> tuple[int, float]:
+    """(process group, CPU seconds) of a process, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[2]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds so far: this process (the listener thread, the submit, the bare script),
+    each broker, the farm, and the worker with its pool processes."""
+    snap = {"bench": time.process_time()}
+    for name, pid in PIDS.items():
+        if name == "worker":
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            snap[name] = _proc_cpu(pid)[1]
+    group = PIDS.get("worker")
+    if group is not None:
+        total = 0.0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    pgid, cpu = _proc_cpu(int(entry))
+                    if pgid == group:
+                        total += cpu
+        snap["worker"] = total
+    return snap
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before[k], 2) for k in after if k in before}
+
+
 class BenchError(RuntimeError):
     """A step failed or timed out; the run is reported as failed, the others go on."""
 
@@ -148,8 +192,10 @@ def redis_server(workdir: Path) -> Iterator[str]:
         )
     try:
         _wait_port(port, proc, "redis-server")
+        PIDS["redis"] = proc.pid
         yield f"redis://127.0.0.1:{port}/0"
     finally:
+        PIDS.pop("redis", None)
         _stop(proc)
 
 
@@ -164,6 +210,7 @@ def _mosquitto_conf(port: int, workdir: Path, devices: int) -> str:
             "autosave_interval 60",
             f"max_queued_messages {max(1000, 2 * devices)}",
             "max_inflight_messages 20",
+            "set_tcp_nodelay true",
             "persistent_client_expiration 14d",
             "log_dest stderr",
             "log_type error",
@@ -194,8 +241,10 @@ def mqtt_broker(kind: str, workdir: Path, devices: int) -> Iterator[str]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
     try:
         _wait_port(port, proc, kind)
+        PIDS["mqtt"] = proc.pid
         yield f"mqtt://127.0.0.1:{port}"
     finally:
+        PIDS.pop("mqtt", None)
         _stop(proc)
 
 
@@ -239,6 +288,7 @@ class Farm:
             stderr=self._log,
             cwd=REPO,
         )
+        PIDS["farm"] = self.proc.pid
         self.lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, name="farm-stdout", daemon=True)
         self._reader.start()
@@ -279,6 +329,7 @@ class Farm:
 
     def close(self, timeout: float = 20) -> dict[str, Any] | None:
         summary: dict[str, Any] | None = None
+        PIDS.pop("farm", None)
         if self.proc.poll() is None:
             self.proc.terminate()
             with contextlib.suppress(BenchError):
@@ -311,6 +362,9 @@ def led_environment(home: Path, celery_url: str | None, mqtt_url: str, n: int) -
             "PYTHONPATH": str(REPO),
         }
     )
+    for key in ("BENCH_TASK_BATCH", "BENCH_CLAIM_CHUNK"):
+        if key in saved:
+            os.environ[key] = saved[key]
     if celery_url:
         os.environ["VILLAGECAST_BROKER_URL"] = celery_url
     reset_settings()
@@ -336,9 +390,11 @@ def worker_process(log: Path, concurrency: int = 2) -> Iterator[subprocess.Popen
         proc = spawn_worker(
             env=dict(os.environ), concurrency=concurrency, sweeper=False, stdout=fh, stderr=fh
         )
+    PIDS["worker"] = proc.pid  # its own process group (spawn_worker starts a session)
     try:
         yield proc
     finally:
+        PIDS.pop("worker", None)
         _stop(proc, timeout=20, group=True)
 
 
@@ -423,7 +479,7 @@ class VcRun:
     publishing: float  # first claim -> last command published
     ack_tail: float  # last published -> last delivered
     idle: float  # mean per worker process: gaps between its tasks
-    tasks: int
+    tasks: int  # Celery tasks (each claims its ids in chunks)
     processes: int
     statuses: dict[str, int]
 
@@ -441,12 +497,20 @@ def villagecast_run(n: int, timeout: float) -> VcRun:
     c0 = time.perf_counter()
     nid = _submit({"county": True})
     rung = utcnow()
-    _wait_for(lambda: _open_count(nid) == 0, timeout, f"{n} deliveries terminal", step=0.01)
+    # The total is read from the store (the last delivered_at), not from this poll, so the
+    # poll can be slow enough not to compete with the listener thread for the GIL.
+    _wait_for(lambda: _open_count(nid) == 0, timeout, f"{n} deliveries terminal", step=0.1)
     waited = time.perf_counter() - c0
-    return _analyse(service.open_store(get_settings()), nid, t0, rung, waited)
+    from dispatcher.doorbell import _batch_size
+
+    settings = get_settings()
+    per_task = _batch_size("led", settings, n)
+    return _analyse(service.open_store(settings), nid, t0, rung, waited, per_task)
 
 
-def _analyse(store: Any, nid: int, t0: datetime, rung: datetime, waited: float) -> VcRun:
+def _analyse(
+    store: Any, nid: int, t0: datetime, rung: datetime, waited: float, per_task: int
+) -> VcRun:
     from sqlalchemy import func, select
 
     from content_queue.db import Attempt, Delivery, DeviceCommand
@@ -468,19 +532,31 @@ def _analyse(store: Any, nid: int, t0: datetime, rung: datetime, waited: float) 
             .where(Delivery.notice_id == nid)
         )
         attempts = s.execute(
-            select(Attempt.worker, Attempt.started_at, Attempt.finished_at)
+            select(Attempt.delivery_id, Attempt.worker, Attempt.started_at, Attempt.finished_at)
             .join(Delivery, Delivery.id == Attempt.delivery_id)
             .where(Delivery.notice_id == nid)
         ).all()
-    # A claim chunk shares one started_at per worker process; a token is host:pid:uuid.
+    # A claim chunk shares one started_at per process (a token is host:pid:uuid). The
+    # doorbell cut the notice's ids, in order, into tasks of ``per_task``, so chunks group
+    # into tasks and tasks into processes. Idle time is counted between one task's last
+    # write and the same process's next task: Celery's gap, and on the embedded broker the
+    # wait for the transport's next poll (gaps between chunks of one task are not idle).
+    first_id = min((did for did, *_ in attempts), default=0)
     chunks: dict[tuple[str, datetime], datetime] = {}
-    for token, started, finished in attempts:
+    task_of: dict[tuple[str, datetime], int] = {}
+    for did, token, started, finished in attempts:
         key = (token.rsplit(":", 1)[0], started)
         end = finished or started
         chunks[key] = max(chunks.get(key, end), end)
+        task_of[key] = (did - first_id) // per_task
+    tasks: dict[tuple[str, int], tuple[datetime, datetime]] = {}
+    for key, finished in chunks.items():
+        task = (key[0], task_of[key])
+        first, last = tasks.get(task, (key[1], finished))
+        tasks[task] = (min(first, key[1]), max(last, finished))
     by_process: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
-    for (proc, started), finished in chunks.items():
-        by_process[proc].append((started, finished))
+    for (proc, _), span in tasks.items():
+        by_process[proc].append(span)
     idles = []
     for spans in by_process.values():
         spans.sort()
@@ -500,7 +576,7 @@ def _analyse(store: Any, nid: int, t0: datetime, rung: datetime, waited: float) 
         publishing=(pub_end - first_claim).total_seconds(),
         ack_tail=max(0.0, (end - pub_end).total_seconds()),
         idle=statistics.mean(idles) if idles else 0.0,
-        tasks=len(chunks),
+        tasks=len(tasks),
         processes=len(by_process),
         statuses={str(k): int(v) for k, v in statuses.items()},
     )
@@ -652,6 +728,10 @@ class Result:
     vc: VcRun | None = None
     farm: dict[str, Any] | None = None
     farm_during_vc: dict[str, Any] | None = None
+    cpu_bare: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process spent during bare run A (see cpu_snapshot)."""
+    cpu_vc: dict[str, float] = field(default_factory=dict)
+    """The same during villagecast's run (until the last delivery was seen terminal)."""
     seconds: float = math.nan
 
     @property
@@ -684,7 +764,9 @@ def run_one(
             )
             result.farm_ready = farm.ready(timeout + 15)
             payloads, ids, result.signing = sign_payloads("bareA", 1)
+            cpu0 = cpu_snapshot()
             result.bare.append(bare_script(mqtt_url, payloads, ids, timeout))
+            result.cpu_bare = cpu_delta(cpu0, cpu_snapshot())
             with (
                 listener(n if presence else 0, timeout),
                 worker_process(home / "worker.log", concurrency),
@@ -692,7 +774,9 @@ def run_one(
                 warm = _submit({"villages": _villages(WARM_VILLAGES, n)})
                 _wait_for(lambda: _open_count(warm) == 0, 120, "warm-up notice delivered")
                 before = farm.stats()
+                cpu0 = cpu_snapshot()
                 result.vc = villagecast_run(n, timeout)
+                result.cpu_vc = cpu_delta(cpu0, cpu_snapshot())
                 after = farm.stats()
                 result.farm_during_vc = _farm_delta(before, after)
             payloads, ids, _ = sign_payloads("bareB", 2)
@@ -833,9 +917,24 @@ def print_breakdown(results: list[Result]) -> None:
             f"{bare[0]:7.2f} {bare[1]:7.2f} {cpu:14.2f} {dups:>5}"
             + ("" if r.ok else f"  FAILED: {r.error}")
         )
+    print()
+    print("CPU seconds during the run (bench = this process: listener thread, submit, bare script)")
+    for r in results:
+        for what, cpu in (("bare A", r.cpu_bare), ("villagecast", r.cpu_vc)):
+            if cpu:
+                parts = "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items()))
+                print(
+                    f"  {r.setup:<22} {r.n:>5}  {what:<12} {parts}  total {sum(cpu.values()):.2f}"
+                )
 
 
 DEFAULT_SETUPS = ("embedded", "embedded-mosquitto", "redis")
+
+
+AMQTT_MAX_BOARDS = 1000
+"""amqtt (the embedded MQTT broker) cannot connect more boards than this in minutes (its
+retained-message and subscription matching is quadratic); larger runs on it are skipped
+unless asked for with --no-limit."""
 
 
 def run_all(
@@ -846,24 +945,78 @@ def run_all(
     keep: bool = False,
     presence: bool = True,
     concurrency: int = 2,
+    repeat: int = 1,
+    limit: bool = True,
 ) -> list[Result]:
-    """Every setup at every size, one after the other (progress on stderr)."""
+    """Every setup at every size, one after the other, ``repeat`` rounds (progress on
+    stderr). Rounds interleave the setups, so a burst of other load on the machine does
+    not land on one setup's runs only."""
     results: list[Result] = []
-    for setup in setups:
-        for n in sizes:
-            print(f"== {setup} ({' + '.join(SETUPS[setup])}), N={n}", file=sys.stderr, flush=True)
-            r = run_one(
-                setup,
-                n,
-                timeout=timeout,
-                keep=keep,
-                presence=presence,
-                concurrency=concurrency,
-            )
-            status = "ok" if r.ok else f"FAILED: {r.error}"
-            print(f"   {status} in {r.seconds:.0f} s", file=sys.stderr, flush=True)
-            results.append(r)
+    for rnd in range(1, repeat + 1):
+        for setup in setups:
+            for n in sizes:
+                if limit and SETUPS[setup][1] == "amqtt" and n > AMQTT_MAX_BOARDS:
+                    print(
+                        f"== {setup}, N={n}: skipped (amqtt cannot connect more than "
+                        f"{AMQTT_MAX_BOARDS:,} boards in time; --no-limit tries anyway)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
+                print(
+                    f"== round {rnd}/{repeat}: {setup} ({' + '.join(SETUPS[setup])}), N={n}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                r = run_one(
+                    setup,
+                    n,
+                    timeout=timeout,
+                    keep=keep,
+                    presence=presence,
+                    concurrency=concurrency,
+                )
+                status = (
+                    f"ok: {r.vc.total if r.vc else math.nan:.2f} s against {r.baseline:.2f} s"
+                    if r.ok
+                    else f"FAILED: {r.error}"
+                )
+                print(f"   {status} (run took {r.seconds:.0f} s)", file=sys.stderr, flush=True)
+                results.append(r)
     return results
+
+
+def print_summary(results: list[Result]) -> None:
+    """Medians over the rounds: what docs/performance.md reports."""
+    groups: dict[tuple[str, int, bool], list[Result]] = defaultdict(list)
+    for r in results:
+        groups[(r.setup, r.n, r.presence)].append(r)
+    print()
+    print(
+        "summary (medians over the rounds; ratio = villagecast / the faster bare run of the "
+        "same round)"
+    )
+    print(
+        "  setup                    N  runs  villagecast   bare paho   ratio (range)        "
+        "polling or Celery gaps"
+    )
+    for (setup, n, presence), runs in groups.items():
+        ok = [r for r in runs if r.ok and r.vc is not None]
+        label = setup + ("" if presence else " (no presence)")
+        if not ok:
+            print(f"  {label:<22} {n:>5}  0/{len(runs)}  failed: {runs[-1].error}")
+            continue
+        totals = [r.vc.total for r in ok if r.vc is not None]
+        bases = [r.baseline for r in ok]
+        ratios = sorted(t / b for t, b in zip(totals, bases, strict=True))
+        shares = [r.vc.polling / r.vc.total for r in ok if r.vc is not None]
+        polls = [r.vc.polling for r in ok if r.vc is not None]
+        print(
+            f"  {label:<22} {n:>5}  {len(ok)}/{len(runs)}  "
+            f"{statistics.median(totals):9.2f} s  {statistics.median(bases):8.2f} s  "
+            f"{statistics.median(ratios):5.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})  "
+            f"{statistics.median(polls):5.2f} s = {statistics.median(shares):4.0%}"
+        )
 
 
 def led_rows(*, quick: bool, setups: Sequence[str] = DEFAULT_SETUPS) -> list[Row]:
@@ -887,6 +1040,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--json", type=Path, help="also write rows and details as JSON")
     parser.add_argument("--keep", action="store_true", help="keep each run's directory")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over every setup and size (medians)"
+    )
+    parser.add_argument(
+        "--no-limit",
+        action="store_true",
+        help=f"also run amqtt above {AMQTT_MAX_BOARDS:,} boards (it does not connect in time)",
+    )
     parser.add_argument(
         "--no-presence",
         action="store_true",
@@ -914,10 +1075,13 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         presence=not args.no_presence,
         concurrency=args.concurrency,
+        repeat=args.repeat,
+        limit=not args.no_limit,
     )
     rows = [row for r in results for row in rows_for(r)] + compare_rows(results)
     print_rows(rows)
     print_breakdown(results)
+    print_summary(results)
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -1,16 +1,22 @@
-"""What every MQTT device channel shares: record a signed command, publish it, note it."""
+"""What every MQTT device channel shares: record a signed command, publish it, note it.
+
+The order is the guarantee: a command is in the store before it can reach the broker, so
+a crash at any point leaves a record of everything that may have gone out (the sweeper
+re-sends it with the same id; the device drops the duplicate and acks again).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from channels._mqtt import MqttPublisher, Publisher
-from channels.protocol import Command, encode, topic_cmd
+from channels._mqtt import MqttPublisher, Publisher, publish_all
+from channels.protocol import Command, SignedCommand, encode, topic_cmd
 from content_queue.settings import Settings
-from content_queue.store import Store
+from content_queue.store import NewCommand, Store
 
-__all__ = ["command_id_for", "dispatch_command", "publisher_for"]
+__all__ = ["command_id_for", "dispatch_command", "dispatch_commands", "publisher_for"]
 
 
 def command_id_for(delivery_id: int, *, sync_seq: int | None = None) -> str:
@@ -48,3 +54,39 @@ def dispatch_command(
         topic_cmd(settings.mqtt_prefix, command.device), encode(command)
     )
     store.mark_published(command.id)
+
+
+def dispatch_commands(
+    commands: Sequence[SignedCommand],
+    *,
+    store: Store,
+    settings: Settings,
+    publisher: Publisher | None = None,
+    timeout: float = 10.0,
+) -> list[bool]:
+    """A chunk's commands: remembered in one transaction, then all published (QoS 1, never
+    retained) before waiting for the broker's PUBACKs together. Returns, per command,
+    whether the broker accepted it. Their ``published_at`` is left to the caller, which
+    notes it in the transaction that records the deliveries' outcome
+    (``Store.finish_chunk``). Raises TransientError when the broker cannot be reached."""
+    if not commands:
+        return []
+    store.record_commands(
+        [
+            NewCommand(
+                command_id=c.id,
+                delivery_id=c.delivery,
+                device_id=c.device,
+                kind=c.kind,
+                issued_at=datetime.fromtimestamp(c.issued_at, tz=UTC),
+                expires_at=datetime.fromtimestamp(c.expires_at, tz=UTC),
+            )
+            for c in commands
+        ]
+    )
+    prefix = settings.mqtt_prefix
+    return publish_all(
+        publisher or publisher_for(settings),
+        [(topic_cmd(prefix, c.device), c.payload) for c in commands],
+        timeout=timeout,
+    )

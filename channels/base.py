@@ -14,7 +14,10 @@ Configuration problems (a missing secret, an endpoint removed from devices.yaml)
 Each channel subclasses :class:`Channel`, declares its :class:`ChannelLimits`, and
 implements one small hook, :meth:`Channel.send`. The public :meth:`Channel.deliver` is
 final: it checks content against the limits and maps every failure onto the error
-tree, so the dispatcher's bookkeeping is the same for every channel.
+tree, so the dispatcher's bookkeeping is the same for every channel. A channel that gains
+from sending a claimed chunk together (one render, one store transaction, pipelined
+publishes) also overrides :meth:`Channel.send_many`; :meth:`Channel.deliver_many` is its
+final wrapper.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, final
@@ -104,6 +108,10 @@ class SendResult:
     """Facts worth keeping on the delivery (e.g. which speech engine spoke)."""
     hold_until: datetime | None = None
     hold_reason: Text | None = None
+    published: tuple[str, ...] = ()
+    """Device command ids the broker accepted that the channel has not marked published
+    itself (:meth:`Channel.send_many`): the dispatcher notes them in the transaction that
+    records this outcome."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,10 @@ class Channel(ABC):
 
     kind: ClassVar[EndpointKind]
     limits: ClassVar[ChannelLimits] = ChannelLimits()
+    task_batch: ClassVar[int | None] = None
+    """Deliveries one Celery task carries for this channel, unless VILLAGECAST_BATCH_SIZE
+    is set (None: that setting's default). Fast channels take more, so a county-wide
+    fan-out is a few tasks, not hundreds, each paying Celery's round trip."""
     claim_chunk: ClassVar[int] = 1
     """Deliveries a worker claims (and records) together. Above 1 only for channels whose
     sends are fast and safe to repeat (a device drops a duplicate command id), since a
@@ -171,6 +183,10 @@ class Channel(ABC):
     @final
     def deliver(self, ctx: DeliveryContext) -> SendResult:
         """Check the content, send, and keep every failure inside the error tree."""
+        self._check(ctx)
+        return self.send(ctx)
+
+    def _check(self, ctx: DeliveryContext) -> None:
         if ctx.endpoint.kind != self.kind:
             raise ConfigError(
                 tr(
@@ -184,11 +200,53 @@ class Channel(ABC):
         problems = self.content_problems(title=ctx.notice.title, body=ctx.notice.body)
         if problems:
             raise ContentError(problems[0], code="content")
-        return self.send(ctx)
 
     @abstractmethod
     def send(self, ctx: DeliveryContext) -> SendResult:
         """Deliver one notice to one endpoint, raising the typed errors above."""
+
+    @final
+    def deliver_many(self, ctxs: Sequence[DeliveryContext]) -> list[SendResult | Exception]:
+        """:meth:`deliver` for a claimed chunk: one result or error per context, in order.
+
+        Errors are returned, not raised, so one refused endpoint does not hold up the rest;
+        an unexpected exception (a bug) is returned too, for the dispatcher to log.
+        """
+        errors: dict[int, Exception] = {}
+        ready: list[int] = []
+        for i, ctx in enumerate(ctxs):
+            try:
+                self._check(ctx)
+            except Exception as exc:
+                errors[i] = exc
+            else:
+                ready.append(i)
+        sent: list[SendResult | Exception] = []
+        if ready:
+            try:
+                sent = self.send_many([ctxs[i] for i in ready])
+                if len(sent) != len(ready):
+                    raise RuntimeError(f"{type(self).__name__}.send_many lost results")
+            except Exception as exc:
+                sent = [exc] * len(ready)
+        done = dict(zip(ready, sent, strict=True))
+        return [errors[i] if i in errors else done[i] for i in range(len(ctxs))]
+
+    def send_many(self, ctxs: Sequence[DeliveryContext]) -> list[SendResult | Exception]:
+        """Send a chunk of deliveries (content already checked); one result or error per
+        context, in order. The default sends one after the other."""
+        results: list[SendResult | Exception] = []
+        for ctx in ctxs:
+            try:
+                results.append(self.send(ctx))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    @classmethod
+    def sends_in_chunks(cls) -> bool:
+        """True when the channel overrides :meth:`send_many`."""
+        return cls.send_many is not Channel.send_many
 
     @final
     def take_back(self, ctx: DeliveryContext) -> SendResult:

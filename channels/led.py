@@ -16,10 +16,11 @@ Features
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from channels._device import command_id_for, dispatch_command
+from channels._device import command_id_for, dispatch_command, dispatch_commands
 from channels._led_render import (
     BoardSpec,
     EncodingProblem,
@@ -27,18 +28,18 @@ from channels._led_render import (
     prepare_text,
     render_pages_json,
 )
-from channels._mqtt import Publisher
+from channels._mqtt import Publisher, not_confirmed
 from channels._recall import recall_on_device
 from channels.base import Channel, ChannelLimits, ContentError, DeliveryContext, SendResult
 from channels.keys import Keyring
-from channels.protocol import Command, sign_command
+from channels.protocol import Command, CommandSigner, SignedCommand, sign_command
 from content_queue.errors import ConfigError
 from content_queue.i18n import tr
 from content_queue.registry import EndpointKind, LedEndpoint
 from content_queue.settings import Settings
 from content_queue.store import NoticeView, utcnow
 
-__all__ = ["LedChannel", "build_show_command"]
+__all__ = ["LedChannel", "build_show_command", "show_body", "show_signer"]
 
 
 def command_expiry(notice: NoticeView, settings: Settings, now: datetime) -> datetime:
@@ -46,17 +47,9 @@ def command_expiry(notice: NoticeView, settings: Settings, now: datetime) -> dat
     return min(notice.expires_at, ttl) if notice.expires_at else ttl
 
 
-def build_show_command(
-    *,
-    notice: NoticeView,
-    endpoint: LedEndpoint,
-    delivery_id: int,
-    command_id: str,
-    keyring: Keyring,
-    settings: Settings,
-    now: datetime,
-) -> Command:
-    """Render the notice for this board and sign an ``led.show`` command."""
+def show_body(notice: NoticeView, endpoint: LedEndpoint) -> dict[str, Any]:
+    """The body of an ``led.show`` for this board: the notice rendered into pages that fit
+    it (the same for every board of the same geometry, encoding and colours)."""
     spec = BoardSpec(
         chars_per_line=endpoint.chars_per_line,
         lines=endpoint.lines,
@@ -81,8 +74,7 @@ def build_show_command(
         raise ContentError(exc.text, code="encoding") from exc
     title, title_fixes = prepare_text(notice.title, endpoint.encoding)
     body_fixes = prepare_text(notice.body, endpoint.encoding)[1]
-    expires = command_expiry(notice, settings, now)
-    body_json: dict[str, Any] = {
+    return {
         "title": title,
         "pages": render_pages_json(pages),
         "replacements": [
@@ -90,6 +82,21 @@ def build_show_command(
             for r in [*title_fixes, *body_fixes]
         ],
     }
+
+
+def build_show_command(
+    *,
+    notice: NoticeView,
+    endpoint: LedEndpoint,
+    delivery_id: int,
+    command_id: str,
+    keyring: Keyring,
+    settings: Settings,
+    now: datetime,
+) -> Command:
+    """Render the notice for this board and sign an ``led.show`` command."""
+    body_json = show_body(notice, endpoint)
+    expires = command_expiry(notice, settings, now)
     return sign_command(
         key=keyring.active(),
         command_id=command_id,
@@ -105,6 +112,29 @@ def build_show_command(
     )
 
 
+def show_signer(
+    *,
+    notice: NoticeView,
+    endpoint: LedEndpoint,
+    keyring: Keyring,
+    settings: Settings,
+    now: datetime,
+) -> CommandSigner:
+    """Render once, sign for every board that shares ``endpoint``'s geometry
+    (:func:`build_show_command` for many boards; the same payloads)."""
+    expires = command_expiry(notice, settings, now)
+    return CommandSigner(
+        key=keyring.active(),
+        notice=notice.id,
+        revision=notice.revision,
+        kind="led.show",
+        priority=notice.priority,
+        issued_at=int(now.timestamp()),
+        expires_at=int(expires.timestamp()),
+        body=show_body(notice, endpoint),
+    )
+
+
 def _priority(value: str) -> Any:
     return value if value in ("routine", "important", "emergency") else "routine"
 
@@ -114,7 +144,11 @@ class LedChannel(Channel):
     limits: ClassVar[ChannelLimits] = ChannelLimits(
         max_title_chars=80, max_body_chars=10000, confirms="ack", formats=("pages",)
     )
-    claim_chunk: ClassVar[int] = 25  # publishes are fast and devices drop duplicate ids
+    # A fan-out is a few tasks of many boards, each worked in chunks: claimed, rendered and
+    # signed, recorded in one transaction, published in one burst, finished in one
+    # transaction. Safe to repeat: a device drops a duplicate command id and acks again.
+    task_batch: ClassVar[int | None] = 500
+    claim_chunk: ClassVar[int] = 100
 
     def __init__(self, publisher: Publisher | None = None, keyring: Keyring | None = None):
         self._publisher = publisher
@@ -125,7 +159,7 @@ class LedChannel(Channel):
             self._keyring = Keyring.load(settings.keys_dir)
         return self._keyring
 
-    def send(self, ctx: DeliveryContext) -> SendResult:
+    def _endpoint(self, ctx: DeliveryContext) -> LedEndpoint:
         endpoint = ctx.endpoint
         if not isinstance(endpoint, LedEndpoint):
             raise ConfigError(tr("端点不是 LED 屏", "the endpoint is not an LED board"))
@@ -139,6 +173,10 @@ class LedChannel(Channel):
                 ),
                 code="too_long",
             )
+        return endpoint
+
+    def send(self, ctx: DeliveryContext) -> SendResult:
+        endpoint = self._endpoint(ctx)
         now = utcnow()
         command_id = command_id_for(ctx.delivery_id)
         command = build_show_command(
@@ -166,3 +204,75 @@ class LedChannel(Channel):
             keyring=self._keys(ctx.settings),
             publisher=self._publisher,
         )
+
+    def send_many(self, ctxs: Sequence[DeliveryContext]) -> list[SendResult | Exception]:
+        """A claimed chunk: each notice rendered once per board geometry, each board's
+        command signed around the shared body, all recorded in one transaction, then all
+        published before the PUBACKs are awaited together (docs/architecture.md)."""
+        if not ctxs:
+            return []
+        settings, store = ctxs[0].settings, ctxs[0].store
+        try:
+            keyring = self._keys(settings)
+        except Exception as exc:
+            return [exc] * len(ctxs)
+        now = utcnow()
+        results: list[SendResult | Exception] = []
+        signers: dict[tuple[object, ...], CommandSigner | Exception] = {}
+        signed: list[tuple[int, SignedCommand]] = []
+        for i, ctx in enumerate(ctxs):
+            try:
+                endpoint = self._endpoint(ctx)
+                key = (
+                    ctx.notice.id,
+                    ctx.notice.revision,
+                    endpoint.chars_per_line,
+                    endpoint.lines,
+                    endpoint.encoding,
+                    tuple(endpoint.colours),
+                )
+                signer = signers.get(key)
+                if signer is None:
+                    try:
+                        signer = show_signer(
+                            notice=ctx.notice,
+                            endpoint=endpoint,
+                            keyring=keyring,
+                            settings=settings,
+                            now=now,
+                        )
+                    except Exception as exc:
+                        signer = exc
+                    signers[key] = signer
+                if isinstance(signer, Exception):
+                    results.append(signer)
+                    continue
+                command = signer.sign(
+                    command_id=command_id_for(ctx.delivery_id),
+                    device=endpoint.device_id,
+                    delivery=ctx.delivery_id,
+                )
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append(SendResult("sent", external_ref=command.id, published=(command.id,)))
+            signed.append((i, command))
+        if not signed:
+            return results
+        timeout = 10.0
+        try:
+            accepted: list[bool] | Exception = dispatch_commands(
+                [c for _, c in signed],
+                store=store,
+                settings=settings,
+                publisher=self._publisher,
+                timeout=timeout,
+            )
+        except Exception as exc:
+            accepted = exc
+        for n, (i, _) in enumerate(signed):
+            if isinstance(accepted, Exception):
+                results[i] = accepted
+            elif not accepted[n]:
+                results[i] = not_confirmed(timeout)
+        return results

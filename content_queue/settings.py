@@ -55,7 +55,15 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(default=900.0, gt=0)
     """Backoff cap; kept well below Redis' 3600 s visibility timeout."""
     batch_size: int = Field(default=25, ge=1, le=1000)
-    """Deliveries of one channel kind carried by one Celery task."""
+    """Deliveries of one channel kind carried by one Celery task. Unless it is set, a
+    channel may carry more (``Channel.task_batch``: LED boards take 500)."""
+
+    def batch_size_for(self, task_batch: int | None) -> int:
+        """Deliveries per task for a channel whose own default is ``task_batch``."""
+        if task_batch is None or "batch_size" in self.model_fields_set:
+            return self.batch_size
+        return task_batch
+
     worker_concurrency: int = Field(default=2, ge=1, le=64)
 
     feed_host: str = "127.0.0.1"

@@ -1,13 +1,22 @@
-"""The device listener: records acks and presence, and re-syncs devices that lost memory."""
+"""The device listener: records acks and presence, and re-syncs devices that lost memory.
+
+Messages are handled in the order they arrive, by one thread of their own (not paho's
+network thread, so a slow database never stalls the connection); runs of acks are
+recorded up to ``ACK_BATCH`` to a transaction (a county-wide fan-out brings thousands of
+``shown`` acks within a second or two).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
@@ -25,7 +34,7 @@ from content_queue.loudspeakers import record_play
 from content_queue.once import claim_once
 from content_queue.registry import LedEndpoint, Registry, SpeakerEndpoint
 from content_queue.settings import Settings
-from content_queue.store import Store, utcnow
+from content_queue.store import DeviceAck, Store, utcnow
 from dispatcher import service
 from dispatcher.synthesis import shared_synthesizer
 
@@ -35,6 +44,10 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024
 FRESH_BOOT_CLAIM_SECONDS = 7 * 86400
+ACK_BATCH = 300
+"""Acks recorded in one transaction at most (a few ms of SQLite writer lock)."""
+
+_Message = tuple[str, bytes, bool]  # topic, payload, retained
 
 
 class DeviceListener:
@@ -62,6 +75,8 @@ class DeviceListener:
         self.client.on_disconnect = lambda *_a, **_k: self.connected.clear()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(1, 30)
+        self._inbox: queue.Queue[_Message | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
 
     def _on_connect(
         self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object = None
@@ -69,17 +84,91 @@ class DeviceListener:
         if getattr(rc, "is_failure", False):
             log.warning("listener: broker refused the connection (%s)", rc)
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket) and sock.family != socket.AF_UNIX:
+            # Each PUBACK goes out at once: the broker keeps only a few acks in flight to
+            # this client, and Nagle would hold the next PUBACK for the broker's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         prefix = self.settings.mqtt_prefix
         client.subscribe([(f"{prefix}/dev/+/ack", 1), (f"{prefix}/dev/+/state", 1)])
         self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._inbox.put((msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def _drain(self) -> None:
+        """The listener's own thread: handle messages in order, runs of acks in batches."""
+        while True:
+            item = self._inbox.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < ACK_BATCH:
+                try:
+                    more = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.handle_many(batch)
+                    return
+                batch.append(more)
+            self.handle_many(batch)
+
+    def handle_many(self, messages: Sequence[_Message]) -> None:
+        """Handle messages in order; consecutive acks are recorded together."""
+        acks: list[tuple[str, bytes]] = []
+        for topic, payload, retained in messages:
+            parsed = parse_topic(self.settings.mqtt_prefix, topic)
+            if parsed is not None and parsed[1] == "ack":
+                acks.append((topic, payload))
+                continue
+            if acks:
+                with _guard("acks"):
+                    self.record_acks(acks)
+                acks = []
+            with _guard(topic):
+                self.handle(topic, payload, retained=retained)
+        if acks:
+            with _guard("acks"):
+                self.record_acks(acks)
+
+    def _parse_ack(self, topic: str, payload: bytes) -> tuple[DeviceAck, int | None] | None:
+        """The ack a message carries, and the play time it reports (a loudspeaker's)."""
+        parsed = parse_topic(self.settings.mqtt_prefix, topic)
+        if parsed is None or parsed[1] != "ack" or len(payload) > MAX_MESSAGE_BYTES:
+            return None
+        device_id = parsed[0]
         try:
-            self.handle(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
-        except VillagecastError as exc:  # database briefly unavailable: QoS 1 won't redeliver
-            log.warning("listener could not record %s: %s", msg.topic, exc.render("en"))
-        except Exception:
-            log.exception("listener failed on %s", msg.topic)
+            ack = Ack.model_validate(json.loads(payload))
+        except (ValueError, ValidationError):
+            log.warning("listener: malformed ack from %s", device_id)
+            return None
+        if ack.device != device_id:
+            log.warning("listener: %s sent an ack in another device's name", device_id)
+            return None
+        device_ack = DeviceAck(
+            device_id=device_id,
+            command_id=ack.command,
+            status=ack.status,
+            reason=ack.reason,
+            detail=ack.detail,
+        )
+        return device_ack, ack.play_at
+
+    def record_acks(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Record ack messages (topic, payload) in order, many to a transaction."""
+        parsed = [a for a in (self._parse_ack(t, p) for t, p in messages) if a is not None]
+        if not parsed:
+            return
+        acks = [ack for ack, _ in parsed]
+        statuses = self.store.record_acks(acks)
+        for (ack, play_at), status in zip(parsed, statuses, strict=True):
+            log.debug("ack %s from %s: %s -> %s", ack.command_id, ack.device_id, ack.status, status)
+            if play_at is not None:  # one play of a loudspeaker's plan heard in full
+                record_play(
+                    self.store, device_id=ack.device_id, command_id=ack.command_id, play_at=play_at
+                )
+        log.info("recorded %d ack(s)", len(acks))
 
     def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         parsed = parse_topic(self.settings.mqtt_prefix, topic)
@@ -87,26 +176,7 @@ class DeviceListener:
             return
         device_id, channel = parsed
         if channel == "ack":
-            try:
-                ack = Ack.model_validate(json.loads(payload))
-            except (ValueError, ValidationError):
-                log.warning("listener: malformed ack from %s", device_id)
-                return
-            if ack.device != device_id:
-                log.warning("listener: %s sent an ack in another device's name", device_id)
-                return
-            status = self.store.record_ack(
-                device_id=device_id,
-                command_id=ack.command,
-                status=ack.status,
-                reason=ack.reason,
-                detail=ack.detail,
-            )
-            log.info("ack %s from %s: %s -> %s", ack.command, device_id, ack.status, status)
-            if ack.play_at is not None:  # one play of a loudspeaker's plan heard in full
-                record_play(
-                    self.store, device_id=device_id, command_id=ack.command, play_at=ack.play_at
-                )
+            self.record_acks([(topic, payload)])
         elif channel == "state":
             if not payload:
                 return  # a cleared retained message
@@ -211,14 +281,32 @@ class DeviceListener:
         return sent
 
     def start(self) -> None:
+        self._worker = threading.Thread(target=self._drain, name="vc-listener", daemon=True)
+        self._worker.start()
         self.client.connect_async(
             self.address.host, self.address.port, self.settings.mqtt_keepalive_seconds
         )
         self.client.loop_start()
 
     def stop(self) -> None:
+        """Disconnect, then record what already arrived before returning."""
         self.client.disconnect()
         self.client.loop_stop()
+        if self._worker is not None:
+            self._inbox.put(None)
+            self._worker.join(timeout=30)
+            self._worker = None
+
+
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """A message that cannot be recorded is logged; the listener goes on."""
+    try:
+        yield
+    except VillagecastError as exc:  # database briefly unavailable: QoS 1 won't redeliver
+        log.warning("listener could not record %s: %s", what, exc.render("en"))
+    except Exception:
+        log.exception("listener failed on %s", what)
 
 
 def listener_client_id(instance: str | None = None) -> str:

@@ -20,6 +20,22 @@ def batches(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
+def _batch_size(kind: str, settings: Settings, count: int = 0) -> int:
+    """Ids per task for ``count`` deliveries of one kind."""
+    from channels.base import get_channel
+
+    channel = get_channel(kind)
+    own = channel.task_batch if channel else None
+    size = settings.batch_size_for(own)
+    explicit = "batch_size" in settings.model_fields_set
+    if own is not None and not explicit and settings.broker_is_embedded:
+        # One machine, and each task boundary waits for the SQL transport's next poll
+        # (docs/performance.md): a channel with large tasks gets its fan-out split evenly
+        # over the worker processes instead.
+        size = max(size, -(-count // settings.worker_concurrency))
+    return size
+
+
 def ring(
     ids_by_kind: Mapping[str, Sequence[int]],
     *,
@@ -43,7 +59,8 @@ def ring(
     sigs = []
     for kind, ids in ids_by_kind.items():
         first = kind in SYNTHESIS_FIRST and not synthesized
-        for batch in batches(ids, _SYNTHESIS_BATCH if first else settings.batch_size):
+        size = _SYNTHESIS_BATCH if first else _batch_size(kind, settings, len(ids))
+        for batch in batches(ids, size):
             sigs.append(
                 app.signature(
                     "villagecast.synthesize" if first else "villagecast.deliver",

@@ -16,11 +16,38 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from content_queue.errors import ConfigError
-from content_queue.i18n import tr
+from content_queue.i18n import Text, tr
+from content_queue.registry import Registry
+from content_queue.settings import Settings
 
-__all__ = ["EmbeddedBroker"]
+__all__ = ["EMBEDDED_DEVICE_LIMIT", "EmbeddedBroker", "scale_warning"]
 
 log = logging.getLogger(__name__)
+
+EMBEDDED_DEVICE_LIMIT = 300
+"""Devices beyond which the embedded broker is the wrong choice: amqtt compares every
+retained presence message with each new subscription and every message with every
+subscription, so connecting is quadratic (1,000 boards took 57 s to connect and 5,000 did
+not connect in 5 minutes; mosquitto connects 5,000 in under a second, docs/performance.md)."""
+
+
+def scale_warning(registry: Registry, settings: Settings) -> Text | None:
+    """Why a county this size should run mosquitto, when it is on the embedded broker."""
+    if not settings.mqtt_is_embedded:
+        return None
+    devices = sum(1 for ep in registry.endpoints.values() if ep.kind in ("led", "speaker"))
+    if devices <= EMBEDDED_DEVICE_LIMIT:
+        return None
+    return tr(
+        "devices.yaml 中有 {n} 台 LED 屏和广播，内置 MQTT 服务器只适合几百台以内："
+        "设备越多连接越慢，上千台时可能连不上。请安装 mosquitto，"
+        "用 villagecast mqtt config 生成配置，并设置 VILLAGECAST_MQTT_URL。",
+        "devices.yaml has {n} LED boards and loudspeakers; the embedded MQTT broker suits a "
+        "few hundred at most (connecting slows down with every device, and thousands may not "
+        "connect at all). Install mosquitto, write its configuration with "
+        "`villagecast mqtt config`, and set VILLAGECAST_MQTT_URL.",
+        n=devices,
+    )
 
 
 class EmbeddedBroker:

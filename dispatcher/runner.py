@@ -201,7 +201,13 @@ def ensure_keys(settings: Settings) -> None:
 def run_up(*, concurrency: int | None = None, http_server: HttpServerFactory | None = None) -> None:
     settings = get_settings()
     # devices.yaml must be valid before anything starts: fail with its errors now.
-    service.registry_cache.get(settings.devices)
+    registry = service.registry_cache.get(settings.devices)
+    from dispatcher.embedded_mqtt import scale_warning
+
+    too_many = scale_warning(registry, settings)
+    if too_many is not None:
+        log.warning("%s", too_many.render("en"))
+        print(tr("警告：{w}", "warning: {w}", w=too_many).render(), flush=True)
     stack = start_stack(
         settings=settings,
         concurrency=concurrency,

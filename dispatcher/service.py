@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from channels.base import (
+    Channel,
     ChannelError,
     ContentError,
     DeliveryContext,
     PermanentError,
+    SendResult,
     TransientError,
     get_channel,
 )
@@ -351,38 +353,12 @@ def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settin
     )
     try:
         result = channel.take_back(ctx) if recall else channel.deliver(ctx)
-    except TransientError as exc:
-        delay = backoff_seconds(claim.attempt, settings, hint=exc.retry_after)
-        return Outcome(
-            "retry",
-            exc.text,
-            code=exc.code,
-            retry_at=utcnow() + timedelta(seconds=delay),
-            attempt_outcome="transient",
-        )
-    except (PermanentError, ContentError) as exc:
-        kind = "content" if isinstance(exc, ContentError) else "permanent"
-        return Outcome("failed", exc.text, code=exc.code, attempt_outcome=kind)
-    except ConfigError as exc:
-        return Outcome("failed", exc.text, code="config", attempt_outcome="config")
-    except (ChannelError, VillagecastError) as exc:
-        return Outcome("failed", exc.text, code="error", attempt_outcome="permanent")
     except Exception as exc:
-        # A bug or an unexpected library error: retry (bounded by max_attempts) and keep the
-        # traceback in the worker's log, not in the user's face.
-        log.exception("delivery %s crashed in channel %s", d.id, d.kind)
-        delay = backoff_seconds(claim.attempt, settings)
-        return Outcome(
-            "retry",
-            tr(
-                "渠道内部错误（{e}），稍后重试",
-                "internal channel error ({e}); will retry",
-                e=type(exc).__name__,
-            ),
-            code="internal",
-            retry_at=utcnow() + timedelta(seconds=delay),
-            attempt_outcome="transient",
-        )
+        return _error_outcome(exc, claim, settings)
+    return _sent_outcome(result)
+
+
+def _sent_outcome(result: SendResult) -> Outcome:
     if result.status == "held":
         return Outcome(
             "held",
@@ -393,6 +369,88 @@ def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settin
             details=result.details,
         )
     return Outcome(result.status, external_ref=result.external_ref, details=result.details)
+
+
+def _error_outcome(exc: Exception, claim: Claim, settings: Settings) -> Outcome:
+    """The outcome of an attempt whose channel raised ``exc``."""
+    if isinstance(exc, TransientError):
+        delay = backoff_seconds(claim.attempt, settings, hint=exc.retry_after)
+        return Outcome(
+            "retry",
+            exc.text,
+            code=exc.code,
+            retry_at=utcnow() + timedelta(seconds=delay),
+            attempt_outcome="transient",
+        )
+    if isinstance(exc, PermanentError | ContentError):
+        kind = "content" if isinstance(exc, ContentError) else "permanent"
+        return Outcome("failed", exc.text, code=exc.code, attempt_outcome=kind)
+    if isinstance(exc, ConfigError):
+        return Outcome("failed", exc.text, code="config", attempt_outcome="config")
+    if isinstance(exc, ChannelError | VillagecastError):
+        return Outcome("failed", exc.text, code="error", attempt_outcome="permanent")
+    # A bug or an unexpected library error: retry (bounded by max_attempts) and keep the
+    # traceback in the worker's log, not in the user's face.
+    log.error(
+        "delivery %s crashed in channel %s", claim.delivery.id, claim.delivery.kind, exc_info=exc
+    )
+    delay = backoff_seconds(claim.attempt, settings)
+    return Outcome(
+        "retry",
+        tr(
+            "渠道内部错误（{e}），稍后重试",
+            "internal channel error ({e}); will retry",
+            e=type(exc).__name__,
+        ),
+        code="internal",
+        retry_at=utcnow() + timedelta(seconds=delay),
+        attempt_outcome="transient",
+    )
+
+
+def _attempt_chunk(
+    claims: Sequence[Claim],
+    channel: Channel,
+    *,
+    store: Store,
+    registry: Registry,
+    settings: Settings,
+) -> tuple[list[tuple[Claim, Outcome]], list[str]]:
+    """Attempt a claimed chunk together (:meth:`Channel.deliver_many`); returns the
+    outcomes and the device commands the broker accepted, to note with them."""
+    outcomes: dict[int, Outcome] = {}
+    batch: list[tuple[int, DeliveryContext]] = []
+    for i, claim in enumerate(claims):
+        d = claim.delivery
+        endpoint = registry.endpoint(d.endpoint_id)
+        if endpoint is None or d.kind != channel.kind or d.action != "publish":
+            # Recalls, and what cannot be sent at all, one at a time as before.
+            outcomes[i] = _attempt(claim, store=store, registry=registry, settings=settings)
+            continue
+        batch.append(
+            (
+                i,
+                DeliveryContext(
+                    delivery_id=d.id,
+                    attempt=claim.attempt,
+                    notice=claim.notice,
+                    endpoint=endpoint,
+                    village_id=d.village_id,
+                    registry=registry,
+                    settings=settings,
+                    store=store,
+                ),
+            )
+        )
+    published: list[str] = []
+    results = channel.deliver_many([ctx for _, ctx in batch]) if batch else []
+    for (i, _), result in zip(batch, results, strict=True):
+        if isinstance(result, SendResult):
+            outcomes[i] = _sent_outcome(result)
+            published.extend(result.published)
+        else:
+            outcomes[i] = _error_outcome(result, claims[i], settings)
+    return [(claim, outcomes[i]) for i, claim in enumerate(claims)], published
 
 
 def process_deliveries(
@@ -433,22 +491,21 @@ def process_deliveries(
                 registry = registry_cache.get(settings.devices)
             except VillagecastError as exc:
                 registry_error = exc
-        outcomes: list[tuple[Claim, Outcome]] = []
-        for claim in claims:
-            if registry is None:
-                assert registry_error is not None
-                delay = backoff_seconds(claim.attempt, settings)
-                outcome = Outcome(
-                    "retry",
-                    registry_error.text,
-                    code="registry",
-                    retry_at=utcnow() + timedelta(seconds=delay),
-                    attempt_outcome="config",
-                )
-            else:
-                outcome = _attempt(claim, store=store, registry=registry, settings=settings)
-            outcomes.append((claim, outcome))
-        statuses = store.finish_many(outcomes, max_attempts=settings.max_attempts)
+        published: list[str] = []
+        if registry is None:
+            assert registry_error is not None
+            outcomes = [(c, _registry_retry(c, registry_error, settings)) for c in claims]
+        elif channel is not None and channel.sends_in_chunks():
+            outcomes, published = _attempt_chunk(
+                claims, channel, store=store, registry=registry, settings=settings
+            )
+        else:
+            outcomes = [
+                (c, _attempt(c, store=store, registry=registry, settings=settings)) for c in claims
+            ]
+        statuses = store.finish_chunk(
+            outcomes, published=published, max_attempts=settings.max_attempts
+        )
         for (claim, outcome), status in zip(outcomes, statuses, strict=True):
             results[claim.delivery.id] = status
             if status == "pending" and outcome.retry_at is not None:
@@ -460,6 +517,17 @@ def process_deliveries(
         except Exception as exc:  # the sweeper rings again after redoorbell_seconds
             log.warning("retry doorbell failed: %s", type(exc).__name__)
     return results
+
+
+def _registry_retry(claim: Claim, error: VillagecastError, settings: Settings) -> Outcome:
+    """devices.yaml cannot be read: try again later (an operator is probably editing it)."""
+    return Outcome(
+        "retry",
+        error.text,
+        code="registry",
+        retry_at=utcnow() + timedelta(seconds=backoff_seconds(claim.attempt, settings)),
+        attempt_outcome="config",
+    )
 
 
 def _kind_of(store: Store, delivery_id: int) -> str | None:

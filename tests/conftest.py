@@ -176,7 +176,7 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-            "log_dest stderr\nlog_type error\nlog_type warning\n",
+            "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n",
             encoding="utf-8",
         )
 

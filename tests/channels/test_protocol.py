@@ -18,6 +18,7 @@ from channels.protocol import (
     MAX_PAYLOAD_BYTES,
     Ack,
     Command,
+    CommandSigner,
     DeviceState,
     Rejection,
     ReplayGuard,
@@ -158,6 +159,99 @@ def test_signature_covers_the_parsed_fields_not_the_bytes(
     pretty = json.dumps(dict(reversed(list(fields.items()))), indent=4).encode()
     assert check(pretty, keyring) == command
     key.public.verify(base64.urlsafe_b64decode(command.sig + "=="), signing_input(fields))
+
+
+_json_leaf = st.none() | st.booleans() | st.integers(0, 2**53 - 1) | st.text(max_size=20)
+_json_body = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(
+        _json_leaf,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+        max_leaves=8,
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    body=_json_body,
+    command_id=st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
+    device=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True),
+    delivery=st.integers(0, 2**53 - 1),
+    notice=st.integers(0, 2**53 - 1),
+    priority=st.sampled_from(["routine", "important", "emergency"]),
+)
+def test_signer_payload_is_exactly_the_signed_command(
+    body: dict[str, Any], command_id: str, device: str, delivery: int, notice: int, priority: str
+) -> None:
+    key = new_key()
+    common: dict[str, Any] = {
+        "notice": notice,
+        "revision": 3,
+        "kind": "led.show",
+        "priority": priority,
+        "issued_at": NOW,
+        "expires_at": NOW + 60,
+        "body": body,
+    }
+    signed = CommandSigner(key=key, **common).sign(
+        command_id=command_id, device=device, delivery=delivery
+    )
+    expected = sign_command(
+        key=key, command_id=command_id, device=device, delivery=delivery, **common
+    )
+    assert signed.payload == encode(expected)
+    assert (signed.id, signed.device, signed.delivery) == (command_id, device, delivery)
+    assert (signed.issued_at, signed.expires_at, signed.kind) == (NOW, NOW + 60, "led.show")
+
+
+def test_signer_signs_each_device_and_refuses_what_sign_command_refuses(
+    key: SigningKey, keyring: dict[str, Ed25519PublicKey]
+) -> None:
+    signer = CommandSigner(
+        key=key,
+        notice=7,
+        revision=1,
+        kind="led.show",
+        priority="emergency",
+        issued_at=NOW,
+        expires_at=NOW + 3600,
+        body={"title": "山洪预警", "pages": [{"lines": ["请立即转移"]}]},
+    )
+    mine = signer.sign(command_id="vc-1", device=DEVICE, delivery=1)
+    other = signer.sign(command_id="vc-2", device="led-other", delivery=2)
+    assert isinstance(check(mine.payload, keyring), Command)
+    assert reason_of(check(other.payload, keyring)) == "wrong_device"
+    with pytest.raises(ValueError, match="device id"):
+        signer.sign(command_id="vc-3", device="led/+", delivery=3)
+    with pytest.raises(ValueError, match="command id"):
+        signer.sign(command_id="vc 3", device=DEVICE, delivery=3)
+    with pytest.raises(ValueError, match="delivery"):
+        signer.sign(command_id="vc-3", device=DEVICE, delivery=-1)
+    with pytest.raises(ValueError, match="float"):
+        CommandSigner(
+            key=key,
+            notice=7,
+            revision=1,
+            kind="led.show",
+            priority="routine",
+            issued_at=NOW,
+            expires_at=NOW + 60,
+            body={"brightness": 0.5},
+        )
+    big = CommandSigner(
+        key=key,
+        notice=7,
+        revision=1,
+        kind="led.show",
+        priority="routine",
+        issued_at=NOW,
+        expires_at=NOW + 60,
+        body={"text": "x" * (MAX_PAYLOAD_BYTES - 400)},
+    )
+    with pytest.raises(ValueError, match="bytes"):
+        big.sign(command_id="vc-" + "9" * 61, device="d" * 64, delivery=2**53 - 1)
 
 
 def test_ack_and_state_round_trip() -> None:

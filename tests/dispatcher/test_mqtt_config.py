@@ -596,6 +596,7 @@ def test_conf_settings(tmp_path: Path) -> None:
         "max_queued_messages 1000",
         "retain_available true",
         "persistent_client_expiration 14d",
+        "set_tcp_nodelay true",
     ):
         assert expected in settings
     # The loopback listener serves the dispatcher's several connections; any listener

@@ -1,0 +1,143 @@
+"""LED fan-outs in few tasks, and the listener recording acks in order, in batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from channels.protocol import Ack, DeviceState, encode
+from content_queue.models import build_notice
+from content_queue.registry import Registry, RegistryFile
+from content_queue.settings import Settings
+from content_queue.store import NewCommand, Outcome, PlannedDelivery, Store, utcnow
+from dispatcher.acks import DeviceListener
+from dispatcher.doorbell import _batch_size
+from dispatcher.embedded_mqtt import EMBEDDED_DEVICE_LIMIT, scale_warning
+
+PREFIX = "vc/v1"
+
+
+def test_led_tasks_carry_more_unless_the_batch_size_is_set(tmp_path: Path) -> None:
+    redis = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/0")
+    assert _batch_size("led", redis, 5000) == 500
+    assert _batch_size("tv_feed", redis, 5000) == 25 == redis.batch_size
+    chosen = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/0", batch_size=7)
+    assert _batch_size("led", chosen, 5000) == 7 and _batch_size("tv_feed", chosen, 5000) == 7
+
+
+def test_on_the_embedded_broker_a_fan_out_is_split_over_the_worker_processes(
+    tmp_path: Path,
+) -> None:
+    embedded = Settings(home=tmp_path, worker_concurrency=2)
+    assert embedded.broker_is_embedded
+    assert _batch_size("led", embedded, 5000) == 2500  # two tasks: no poll between tasks
+    assert _batch_size("led", embedded, 300) == 500
+    assert _batch_size("tv_feed", embedded, 5000) == 25
+    assert _batch_size("led", Settings(home=tmp_path, batch_size=50), 5000) == 50
+
+
+def _ack(device: str, command: str, status: str = "shown", reason: str | None = None) -> bytes:
+    now = int(utcnow().timestamp())
+    return encode(
+        Ack(v=1, command=command, device=device, status=status, reason=reason, at=now)  # type: ignore[arg-type]
+    )
+
+
+def _state(device: str, state: str) -> bytes:
+    return encode(
+        DeviceState(
+            v=1,
+            device=device,
+            state=state,  # type: ignore[arg-type]
+            at=int(utcnow().timestamp()),
+            capabilities=["led.show"],
+            fresh_boot=False,
+            showing=[],
+        )
+    )
+
+
+def test_listener_records_a_burst_in_order(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
+    store = Store(f"sqlite:///{tmp_path / 'vc.db'}")
+    request.addfinalizer(store.engine.dispose)
+    request.addfinalizer(store.read_engine.dispose)
+    _, deliveries = store.add_notice(
+        build_notice(
+            {
+                "title": "停电通知",
+                "body": "明天停电。",
+                "category": "emergency",
+                "targets": {"county": True},
+            }
+        ),
+        [PlannedDelivery(f"{b}-led", "led", b, "t") for b in "abc"],
+    )
+    claims = store.claim([d.id for d in deliveries], worker="w", lease_seconds=60, max_attempts=3)
+    now = utcnow()
+    store.record_commands(
+        [
+            NewCommand(f"vc-{c.delivery.id}", c.delivery.id, f"led-{b}", "led.show", now, now)
+            for c, b in zip(claims, "abc", strict=True)
+        ]
+    )
+    store.finish_chunk([(c, Outcome("sent")) for c in claims], max_attempts=3)
+    a, b, c = (f"vc-{c.delivery.id}" for c in claims)
+    listener = DeviceListener(settings, store, client_id="test")
+    listener.handle_many(
+        [
+            (f"{PREFIX}/dev/led-a/state", _state("led-a", "online"), False),
+            (f"{PREFIX}/dev/led-a/ack", _ack("led-a", a), False),
+            (f"{PREFIX}/dev/led-b/ack", b"{not json", False),  # dropped, the rest goes on
+            (f"{PREFIX}/dev/led-b/ack", _ack("led-b", b), False),
+            (f"{PREFIX}/dev/led-c/ack", _ack("led-c", c, "rejected", "unknown_key"), False),
+            (f"{PREFIX}/dev/led-c/ack", _ack("led-b", b), False),  # not in its own name
+            # board a restarts (without losing its memory) and now reports showing nothing
+            (f"{PREFIX}/dev/led-a/state", _state("led-a", "online"), False),
+        ]
+    )
+    assert [d.status for d in store.deliveries(ids=[d.id for d in deliveries])] == [
+        "delivered",
+        "delivered",
+        "failed",
+    ]
+    (failed,) = store.deliveries(ids=[deliveries[2].id])
+    assert failed.error_code == "device_unknown_key"
+    # handled in arrival order: the later presence replaced what the ack had recorded
+    (board_a,) = [d for d in store.devices() if d.device_id == "led-a"]
+    assert board_a.state == "online" and board_a.showing == []
+    (board_b,) = [d for d in store.devices() if d.device_id == "led-b"] or [None]
+    assert board_b is None  # never announced itself: no device row to update
+    assert store.commands_for(deliveries[0].id)[0]["ack_status"] == "shown"
+
+
+def _county(n: int) -> Registry:
+    villages = [
+        {
+            "id": f"v{i}",
+            "name": f"村{i}",
+            "endpoints": [{"id": f"v{i}-led", "kind": "led", "device_id": f"led-{i}"}],
+        }
+        for i in range(n)
+    ]
+    return Registry(
+        RegistryFile.model_validate(
+            {
+                "version": 1,
+                "county": {"code": "371521", "name": "示例县"},
+                "townships": [{"id": "t", "name": "镇", "villages": villages}],
+            }
+        )
+    )
+
+
+def test_a_county_on_the_embedded_broker_is_told_to_use_mosquitto(tmp_path: Path) -> None:
+    embedded = Settings(home=tmp_path)
+    assert scale_warning(_county(EMBEDDED_DEVICE_LIMIT), embedded) is None
+    warning = scale_warning(_county(EMBEDDED_DEVICE_LIMIT + 1), embedded)
+    assert warning is not None
+    assert "301" in warning.render("zh") and "mosquitto" in warning.render("en")
+    assert "VILLAGECAST_MQTT_URL" in warning.render("en")
+    mosquitto = Settings(home=tmp_path, mqtt_url="mqtt://127.0.0.1:1883")
+    assert scale_warning(_county(EMBEDDED_DEVICE_LIMIT + 1), mosquitto) is None
