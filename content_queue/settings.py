@@ -17,8 +17,8 @@ from content_queue.i18n import tr
 __all__ = ["Settings", "get_settings", "reset_settings"]
 
 
-EMBEDDED_MQTT_URL = "mqtt://127.0.0.1:18830"
-"""Where `villagecast up` runs its embedded MQTT broker (loopback only)."""
+EMBEDDED_MQTT_PORT = 18830
+"""Where `villagecast up` runs its embedded MQTT broker (loopback only) by default."""
 
 
 def _default_home() -> Path:
@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     """Where the dashboard listens; loopback by default (put a TLS proxy in front)."""
     web_port: int = Field(default=8780, ge=0, le=65535)
+    embedded_mqtt_port: int = Field(default=EMBEDDED_MQTT_PORT, ge=1, le=65535)
+    """Loopback port of the embedded MQTT broker (only without VILLAGECAST_MQTT_URL); a
+    second installation on one machine picks another."""
     web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     """A login lasts at most this long."""
     web_session_idle_minutes: float = Field(default=120.0, gt=0)
@@ -157,7 +160,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_mqtt_url(self) -> str:
-        return self.mqtt_url or EMBEDDED_MQTT_URL
+        return self.mqtt_url or f"mqtt://127.0.0.1:{self.embedded_mqtt_port}"
 
     @property
     def mqtt_is_embedded(self) -> bool:

@@ -50,6 +50,10 @@ def scale_warning(registry: Registry, settings: Settings) -> Text | None:
     )
 
 
+def _drop_startup_failure(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Broker startup failed")
+
+
 class EmbeddedBroker:
     """amqtt in a background thread with its own event loop."""
 
@@ -75,13 +79,18 @@ class EmbeddedBroker:
     def start(self, *, timeout: float = 15.0) -> None:
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # A failed start is reported below as one clear error, not amqtt's traceback.
+        logging.getLogger("amqtt.broker").addFilter(_drop_startup_failure)
         self._thread = threading.Thread(target=self._run, name="villagecast-mqtt", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
             raise ConfigError(
                 tr(
-                    "内置 MQTT 服务器无法在 {h}:{p} 启动（端口被占用？）：{e}",
-                    "the embedded MQTT broker could not start on {h}:{p} (port in use?): {e}",
+                    "内置 MQTT 服务器无法在 {h}:{p} 启动（端口被占用？）：{e}。"
+                    "同一台机器上的第二套 villagecast 请设置 VILLAGECAST_EMBEDDED_MQTT_PORT",
+                    "the embedded MQTT broker could not start on {h}:{p} (port in use?): {e}. "
+                    "A second villagecast on one machine needs its own "
+                    "VILLAGECAST_EMBEDDED_MQTT_PORT",
                     h=self.host,
                     p=self.port,
                     e=type(self._error).__name__ if self._error else "timeout",

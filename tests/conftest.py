@@ -96,6 +96,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("VILLAGECAST_RETRY_BASE_SECONDS", "0.2")
     monkeypatch.setenv("VILLAGECAST_RETRY_CAP_SECONDS", "1")
     monkeypatch.setenv("VILLAGECAST_FEED_PORT", "0")
+    # Each test's embedded MQTT broker on its own port, so runs on one machine never meet.
+    monkeypatch.setenv("VILLAGECAST_EMBEDDED_MQTT_PORT", str(_free_port()))
     monkeypatch.setenv("VILLAGECAST_ACK_TIMEOUT_SECONDS", "3")
     monkeypatch.setenv("VILLAGECAST_LANG", "zh")
     # Review before publishing is on by default for finance and subsidies; tests of other
