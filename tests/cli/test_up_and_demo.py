@@ -15,13 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, _free_port
 
 pytestmark = pytest.mark.slow
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VILLAGECAST_")}
+    # Embedded defaults, except the embedded broker's port: another run on this machine
+    # (a second checkout's tests, a demo) may hold 18830.
+    env["VILLAGECAST_EMBEDDED_MQTT_PORT"] = str(_free_port())
     env.update(extra)
     return env
 

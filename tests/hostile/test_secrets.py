@@ -42,7 +42,7 @@ from content_queue.settings import Settings, reset_settings
 from content_queue.store import Store
 from dashboard.server import start_in_thread
 from refdevice.wechat_mp_standin import TOKEN_PREFIX
-from tests.conftest import REPO
+from tests.conftest import REPO, _free_port
 
 
 def _distinctive_secrets() -> dict[str, str]:
@@ -156,7 +156,7 @@ def test_a_whole_demo_leaks_no_secret(tmp_path: Path) -> None:
     secrets = _distinctive_secrets()
     home = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VILLAGECAST_")}
-    env.update(secrets, VILLAGECAST_LANG="zh")
+    env.update(secrets, VILLAGECAST_LANG="zh", VILLAGECAST_EMBEDDED_MQTT_PORT=str(_free_port()))
     proc = subprocess.run(
         [sys.executable, "-m", "cli", "demo", "--home", str(home)],
         cwd=REPO,
