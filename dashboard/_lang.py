@@ -144,7 +144,10 @@ def _switch_url(ctx: Context, lang: str) -> str:
         for k, v in request.query_params.multi_items()
         if k not in ("lang", "msg", "err", "partial")
     ]
-    return f"{request.url.path}?{urlencode([*keep, ('lang', lang)])}"
+    path = request.url.path
+    if not path.startswith("/") or path.startswith("//"):
+        path = "/"  # never a link to another site
+    return f"{path}?{urlencode([*keep, ('lang', lang)])}"
 
 
 @pass_context

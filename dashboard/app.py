@@ -282,8 +282,10 @@ def create_app(
     ) -> Response:
         chosen = parse_lang(request.query_params.get("lang"))
         response = await call_next(request)
-        if chosen is not None and not is_public_path(request.url.path):
-            # Remembered for the next pages and across redirects (a 303 to the login page).
+        path = request.url.path
+        if chosen is not None and not is_public_path(path) and not path.startswith("/api/"):
+            # Remembered for the next pages and across redirects (a 303 to the login page);
+            # an API call's ?lang= is for that call alone.
             response.set_cookie(
                 LANG_COOKIE,
                 chosen,
