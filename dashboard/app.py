@@ -147,6 +147,21 @@ def lang_of(request: Request) -> Lang:
     return request_lang(request, default, api=request.url.path.startswith("/api/"))
 
 
+def _lang_param(
+    lang: Annotated[
+        str | None,
+        Query(
+            description="zh or en: the language of the labels "
+            "(default: the vc_lang cookie, then Accept-Language, then the server's)"
+        ),
+    ] = None,
+) -> None:
+    """Declares ``?lang=`` in the OpenAPI schema; :func:`lang_of` reads it."""
+
+
+LangDoc = [Depends(_lang_param)]
+
+
 def _check_csrf(v: Viewer, supplied: str | None) -> None:
     if not supplied or not hmac.compare_digest(supplied, v.session.csrf_token):
         raise CsrfRefused(
@@ -861,6 +876,7 @@ def _page_routes(app: FastAPI) -> None:
     @app.get(
         "/export/deliveries.csv",
         tags=["export"],
+        dependencies=LangDoc,
         response_class=StreamingResponse,
         responses={200: {"content": {"text/csv": {}}}},
     )
@@ -887,6 +903,7 @@ def _page_routes(app: FastAPI) -> None:
     @app.get(
         "/export/deliveries.xlsx",
         tags=["export"],
+        dependencies=LangDoc,
         responses={200: {"content": {"application/vnd.ms-excel": {}}}},
     )
     def export_xlsx(
@@ -947,12 +964,12 @@ class WithdrawOut(BaseModel):
 
 
 def _api_routes(app: FastAPI) -> None:
-    @app.get("/api/v1/overview", tags=["read"])
+    @app.get("/api/v1/overview", tags=["read"], dependencies=LangDoc)
     def api_overview(request: Request, v: ViewerDep, f: FiltersDep) -> queries.Overview:
         ctx = _ctx(request)
         return queries.overview(ctx.store, ctx.registry, v.scope, f, lang=lang_of(request))
 
-    @app.get("/api/v1/notices/{notice_id}", tags=["read"])
+    @app.get("/api/v1/notices/{notice_id}", tags=["read"], dependencies=LangDoc)
     def api_notice(request: Request, v: ViewerDep, notice_id: int) -> queries.NoticeDetail:
         ctx = _ctx(request)
         data = queries.notice_detail(
@@ -991,7 +1008,7 @@ def _api_routes(app: FastAPI) -> None:
             raise NotFoundError(tr("设备 {id} 不存在", "no device {id}", id=device_id))
         return data
 
-    @app.get("/api/v1/failures", tags=["read"])
+    @app.get("/api/v1/failures", tags=["read"], dependencies=LangDoc)
     def api_failures(request: Request, v: ViewerDep) -> queries.Failures:
         ctx = _ctx(request)
         return queries.failures(

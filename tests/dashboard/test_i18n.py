@@ -348,6 +348,10 @@ def test_api_keeps_detail_and_offers_english_labels(county: County, scene: Scene
         "公众号（覆盖多个村）"
     }
     assert all(n["category_en"] for n in zh_first["notices"])
+    schema = httpx.get(f"{county.web}/api/openapi.json").json()
+    for path in ("/api/v1/overview", "/api/v1/notices/{notice_id}", "/export/deliveries.csv"):
+        params = {p["name"] for p in schema["paths"][path]["get"]["parameters"]}
+        assert "lang" in params, path
 
 
 def test_exports_in_english(county: County, scene: Scene) -> None:
