@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Form, Query, Request
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -45,12 +45,21 @@ from content_queue.accounts import (
     SessionInfo,
 )
 from content_queue.errors import NotFoundError, StateError, VillagecastError
-from content_queue.i18n import tr
+from content_queue.i18n import Lang, Text, tr
 from content_queue.models import CATEGORY_LABELS, local_tz
 from content_queue.registry import Registry
 from content_queue.settings import Settings
-from content_queue.store import Store, utcnow
+from content_queue.store import NOTICE_STATE_LABELS, Store, utcnow
 from dashboard import actions, queries
+from dashboard._lang import (
+    LANG_COOKIE,
+    LANG_COOKIE_SECONDS,
+    html_lang,
+    parse_lang,
+    request_lang,
+    server_lang,
+    template_globals,
+)
 from dashboard.export import csv_chunks, xlsx_bytes
 from dashboard.metrics import CONTENT_TYPE as METRICS_TYPE
 from dashboard.metrics import render_metrics
@@ -83,6 +92,14 @@ class DashboardContext:
 
 class LoginRequired(Exception):
     pass
+
+
+class CsrfRefused(NotAllowed):
+    """A form or API call without this session's CSRF token."""
+
+
+class BadRequest(VillagecastError):
+    """A malformed parameter (a date that is not YYYY-MM-DD, a period that ends first)."""
 
 
 @dataclass(frozen=True)
@@ -123,9 +140,36 @@ def viewer(request: Request) -> Viewer:
 ViewerDep = Annotated[Viewer, Depends(viewer)]
 
 
+def lang_of(request: Request) -> Lang:
+    """This request's language (``?lang=``, the ``vc_lang`` cookie, the server default;
+    API calls also read ``Accept-Language``)."""
+    default = server_lang(_ctx(request).settings.lang)
+    return request_lang(request, default, api=request.url.path.startswith("/api/"))
+
+
+def _lang_param(
+    lang: Annotated[
+        str | None,
+        Query(
+            description="zh or en: the language of the labels "
+            "(default: the vc_lang cookie, then Accept-Language, then the server's)"
+        ),
+    ] = None,
+) -> None:
+    """Declares ``?lang=`` in the OpenAPI schema; :func:`lang_of` reads it."""
+
+
+LangDoc = [Depends(_lang_param)]
+
+
 def _check_csrf(v: Viewer, supplied: str | None) -> None:
     if not supplied or not hmac.compare_digest(supplied, v.session.csrf_token):
-        raise HTTPException(403, "CSRF 校验失败：请刷新页面后再提交（CSRF token missing or wrong）")
+        raise CsrfRefused(
+            tr(
+                "CSRF 校验失败：请刷新页面后再提交（CSRF token missing or wrong）",
+                "CSRF token missing or wrong: reload the page and submit again",
+            )
+        )
 
 
 def csrf_header(request: Request, v: ViewerDep) -> Viewer:
@@ -143,38 +187,35 @@ def _ts(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
     return value.astimezone(local_tz()).strftime(fmt)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{minutes} 分钟"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} 小时 {minutes} 分"
-    return f"{hours // 24} 天 {hours % 24} 小时"
-
-
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+_jinja_globals, _jinja_filters = template_globals(
+    kinds=queries.KIND_LABELS,
+    roles={r.value: t for r, t in ROLE_LABELS.items()},
+    categories={c.value: t for c, t in CATEGORY_LABELS.items()},
+    notice_states=NOTICE_STATE_LABELS,
+    device_states=queries.DEVICE_STATE_LABELS,
+)
+templates.env.globals.update(_jinja_globals)
+templates.env.filters.update(_jinja_filters)
 templates.env.filters["ts"] = _ts
-templates.env.filters["duration"] = _duration
-templates.env.globals["kind_names"] = queries.KIND_NAMES
-templates.env.globals["role_labels"] = {r.value: t.render("zh") for r, t in ROLE_LABELS.items()}
-templates.env.globals["categories"] = [
-    (c.value, t.render("zh")) for c, t in CATEGORY_LABELS.items()
-]
-templates.env.globals["bucket_names"] = {
-    "delivered": "已送达",
-    "pending": "进行中",
-    "failed": "失败",
-    "expired": "已过期",
-    "other": "取消/跳过",
-}
 
 
-def _page(request: Request, name: str, v: Viewer | None, **context: Any) -> HTMLResponse:
-    base = {"viewer": v, "csrf_token": v.session.csrf_token if v else "", "path": request.url.path}
-    return templates.TemplateResponse(request, name, {**base, **context})
+def _page(
+    request: Request, name: str, v: Viewer | None, *, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    lang = lang_of(request)
+    base = {
+        "viewer": v,
+        "csrf_token": v.session.csrf_token if v else "",
+        "path": request.url.path,
+        "lang": lang,
+        "html_lang": html_lang(lang),
+    }
+    return templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
+
+
+def _say(request: Request, text: Text) -> str:
+    return text.render(lang_of(request))
 
 
 def _back(url: str, **params: str) -> RedirectResponse:
@@ -254,7 +295,21 @@ def create_app(
     async def _headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        chosen = parse_lang(request.query_params.get("lang"))
         response = await call_next(request)
+        path = request.url.path
+        if chosen is not None and not is_public_path(path) and not path.startswith("/api/"):
+            # Remembered for the next pages and across redirects (a 303 to the login page);
+            # an API call's ?lang= is for that call alone.
+            response.set_cookie(
+                LANG_COOKIE,
+                chosen,
+                max_age=LANG_COOKIE_SECONDS,
+                httponly=True,
+                samesite="lax",
+                secure=settings.web_secure_cookies,
+                path="/",
+            )
         h = response.headers
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("Referrer-Policy", "same-origin")
@@ -268,7 +323,10 @@ def create_app(
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, exc: LoginRequired) -> Response:
         if request.url.path.startswith("/api/") or request.url.path.startswith("/export/"):
-            return JSONResponse({"detail": "请先登录（login required）"}, status_code=401)
+            return JSONResponse(
+                {"detail": "请先登录（login required）", "detail_en": "login required"},
+                status_code=401,
+            )
         return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
 
     @app.exception_handler(VillagecastError)
@@ -286,11 +344,13 @@ def create_app(
             return JSONResponse(
                 {"detail": exc.render("zh"), "detail_en": exc.render("en")}, status_code=status
             )
-        return HTMLResponse(
-            templates.get_template("error.html").render(
-                message=exc.render("zh"), status=status, viewer=None
-            ),
+        return _page(
+            request,
+            "error.html",
+            None,
             status_code=status,
+            message=exc.render(lang_of(request)),
+            status=status,
         )
 
     _public_routes(app)
@@ -464,15 +524,20 @@ def _auth_routes(app: FastAPI) -> None:
         ctx = _ctx(request)
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not csrf_token or not cookie or not hmac.compare_digest(csrf_token, cookie):
-            return _back("/login", msg="页面已过期，请重新登录")
+            return _back(
+                "/login",
+                msg=_say(request, tr("页面已过期，请重新登录", "Page expired: sign in again")),
+            )
         try:
             result = _login(ctx, request, username.strip(), password)
         except LoginRefused as exc:
-            response = _back("/login", msg=exc.render("zh"))
+            response = _back("/login", msg=exc.render(lang_of(request)))
             response.status_code = 303
             return response
         if result is None:
-            return _back("/login", msg="用户名或密码不对")
+            return _back(
+                "/login", msg=_say(request, tr("用户名或密码不对", "Wrong username or password"))
+            )
         token, _info = result
         response = RedirectResponse(_safe_next(next), status_code=303)
         _set_session_cookie(response, ctx, token)
@@ -485,7 +550,7 @@ def _auth_routes(app: FastAPI) -> None:
     ) -> Response:
         _check_csrf(v, csrf_token)
         _ctx(request).accounts.end_session(v.token)
-        response = _back("/login", msg="已退出")
+        response = _back("/login", msg=_say(request, tr("已退出", "Signed out")))
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
@@ -535,7 +600,9 @@ def _parse_day(value: str | None, *, end: bool = False) -> datetime | None:
     try:
         day = datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
-        raise HTTPException(400, f"日期格式应为 YYYY-MM-DD：{value}") from None
+        raise BadRequest(
+            tr("日期格式应为 YYYY-MM-DD：{v}", "dates are written YYYY-MM-DD: {v}", v=value)
+        ) from None
     start = datetime.combine(day, time(0, 0), tzinfo=local_tz())
     return start + timedelta(days=1) if end else start
 
@@ -597,7 +664,7 @@ def _page_routes(app: FastAPI) -> None:
         request: Request, v: ViewerDep, f: FiltersDep, partial: bool = False
     ) -> Response:
         ctx = _ctx(request)
-        data = queries.overview(ctx.store, ctx.registry, v.scope, f)
+        data = queries.overview(ctx.store, ctx.registry, v.scope, f, lang=lang_of(request))
         name = "_overview_live.html" if partial else "overview.html"
         return _page(request, name, v, o=data, **_places(ctx, v.scope), q=request.query_params)
 
@@ -611,7 +678,9 @@ def _page_routes(app: FastAPI) -> None:
         err: str | None = None,
     ) -> Response:
         ctx = _ctx(request)
-        data = queries.notice_detail(ctx.store, ctx.registry, v.scope, notice_id)
+        data = queries.notice_detail(
+            ctx.store, ctx.registry, v.scope, notice_id, lang=lang_of(request)
+        )
         if data is None:
             raise NotFoundError(tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id))
         name = "_notice_live.html" if partial else "notice.html"
@@ -635,8 +704,14 @@ def _page_routes(app: FastAPI) -> None:
         try:
             actions.retry_delivery(delivery_id, store=ctx.store, scope=v.scope, ring=ctx.ring)
         except (StateError, NotAllowed) as exc:
-            return _back(back, err=exc.render("zh"))
-        return _back(back, msg=f"已重新发送投递 {delivery_id}")
+            return _back(back, err=exc.render(lang_of(request)))
+        return _back(
+            back,
+            msg=_say(
+                request,
+                tr("已重新发送投递 {id}", "Delivery {id} is being sent again", id=delivery_id),
+            ),
+        )
 
     @app.post("/notices/{notice_id}/withdraw", include_in_schema=False)
     def withdraw_form(
@@ -654,12 +729,16 @@ def _page_routes(app: FastAPI) -> None:
                 notice_id, store=ctx.store, scope=v.scope, ring=ctx.ring, reason=reason.strip()
             )
         except (StateError, NotAllowed) as exc:
-            return _back(back, err=exc.render("zh"))
+            return _back(back, err=exc.render(lang_of(request)))
         w = done.withdrawal
-        return _back(
-            back,
-            msg=f"已撤回：{w.cancelled} 个未发出的投递已取消，{len(w.recalls)} 个端点正在撤下",
+        said = tr(
+            "已撤回：{c} 个未发出的投递已取消，{r} 个端点正在撤下",
+            "Withdrawn: {c} deliveries not yet sent were cancelled, {r} endpoints are "
+            "taking it down",
+            c=w.cancelled,
+            r=len(w.recalls),
         )
+        return _back(back, msg=_say(request, said))
 
     @app.get("/review", include_in_schema=False, response_class=HTMLResponse)
     def review_page(
@@ -673,7 +752,6 @@ def _page_routes(app: FastAPI) -> None:
             v,
             rows=rows,
             me=v.scope.principal.username,
-            categories=CATEGORY_LABELS,
             msg=msg,
             err=err,
         )
@@ -693,8 +771,13 @@ def _page_routes(app: FastAPI) -> None:
                 ring=ctx.ring,
             )
         except (StateError, NotAllowed) as exc:
-            return _back("/review", err=exc.render("zh"))
-        return _back(f"/notices/{notice_id}", msg=f"通知 {notice_id} 已审核通过，正在发出")
+            return _back("/review", err=exc.render(lang_of(request)))
+        said = tr(
+            "通知 {id} 已审核通过，正在发出",
+            "Notice {id} is approved and going out",
+            id=notice_id,
+        )
+        return _back(f"/notices/{notice_id}", msg=_say(request, said))
 
     @app.post("/notices/{notice_id}/reject", include_in_schema=False)
     def reject_form(
@@ -715,8 +798,9 @@ def _page_routes(app: FastAPI) -> None:
                 reason=reason,
             )
         except (StateError, NotAllowed, VillagecastError) as exc:
-            return _back("/review", err=exc.render("zh"))
-        return _back("/review", msg=f"通知 {notice_id} 已驳回")
+            return _back("/review", err=exc.render(lang_of(request)))
+        said = tr("通知 {id} 已驳回", "Notice {id} was rejected", id=notice_id)
+        return _back("/review", msg=_say(request, said))
 
     @app.get("/devices", include_in_schema=False, response_class=HTMLResponse)
     def devices_page(
@@ -761,7 +845,13 @@ def _page_routes(app: FastAPI) -> None:
     @app.get("/failures", include_in_schema=False, response_class=HTMLResponse)
     def failures_page(request: Request, v: ViewerDep, partial: bool = False) -> Response:
         ctx = _ctx(request)
-        data = queries.failures(ctx.store, ctx.registry, v.scope, offline_alert=_offline_alert(ctx))
+        data = queries.failures(
+            ctx.store,
+            ctx.registry,
+            v.scope,
+            offline_alert=_offline_alert(ctx),
+            lang=lang_of(request),
+        )
         name = "_failures_live.html" if partial else "failures.html"
         return _page(request, name, v, f=data, can_retry=v.principal.can(Action.RETRY))
 
@@ -780,12 +870,13 @@ def _page_routes(app: FastAPI) -> None:
         start = _parse_day(since) or (utcnow() - timedelta(days=30))
         end = _parse_day(until, end=True) or utcnow() + timedelta(days=1)
         if end <= start:
-            raise HTTPException(400, "结束日期早于开始日期")
+            raise BadRequest(tr("结束日期早于开始日期", "the period ends before it starts"))
         return start, end
 
     @app.get(
         "/export/deliveries.csv",
         tags=["export"],
+        dependencies=LangDoc,
         response_class=StreamingResponse,
         responses={200: {"content": {"text/csv": {}}}},
     )
@@ -798,10 +889,13 @@ def _page_routes(app: FastAPI) -> None:
         """Deliveries of the notices published in the period (your scope), as CSV."""
         ctx = _ctx(request)
         start, end = _period(since, until)
-        rows = queries.export_rows(ctx.store, ctx.registry, v.scope, since=start, until=end)
+        lang = lang_of(request)
+        rows = queries.export_rows(
+            ctx.store, ctx.registry, v.scope, since=start, until=end, lang=lang
+        )
         name = f"villagecast-deliveries-{since or 'recent'}-{until or 'now'}.csv"
         return StreamingResponse(
-            csv_chunks(rows),
+            csv_chunks(rows, lang=lang),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
@@ -809,6 +903,7 @@ def _page_routes(app: FastAPI) -> None:
     @app.get(
         "/export/deliveries.xlsx",
         tags=["export"],
+        dependencies=LangDoc,
         responses={200: {"content": {"application/vnd.ms-excel": {}}}},
     )
     def export_xlsx(
@@ -820,10 +915,13 @@ def _page_routes(app: FastAPI) -> None:
         """The same deliveries as an Excel workbook."""
         ctx = _ctx(request)
         start, end = _period(since, until)
-        rows = queries.export_rows(ctx.store, ctx.registry, v.scope, since=start, until=end)
+        lang = lang_of(request)
+        rows = queries.export_rows(
+            ctx.store, ctx.registry, v.scope, since=start, until=end, lang=lang
+        )
         name = f"villagecast-deliveries-{since or 'recent'}-{until or 'now'}.xlsx"
         return Response(
-            xlsx_bytes(rows),
+            xlsx_bytes(rows, lang=lang),
             media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
@@ -866,15 +964,17 @@ class WithdrawOut(BaseModel):
 
 
 def _api_routes(app: FastAPI) -> None:
-    @app.get("/api/v1/overview", tags=["read"])
+    @app.get("/api/v1/overview", tags=["read"], dependencies=LangDoc)
     def api_overview(request: Request, v: ViewerDep, f: FiltersDep) -> queries.Overview:
         ctx = _ctx(request)
-        return queries.overview(ctx.store, ctx.registry, v.scope, f)
+        return queries.overview(ctx.store, ctx.registry, v.scope, f, lang=lang_of(request))
 
-    @app.get("/api/v1/notices/{notice_id}", tags=["read"])
+    @app.get("/api/v1/notices/{notice_id}", tags=["read"], dependencies=LangDoc)
     def api_notice(request: Request, v: ViewerDep, notice_id: int) -> queries.NoticeDetail:
         ctx = _ctx(request)
-        data = queries.notice_detail(ctx.store, ctx.registry, v.scope, notice_id)
+        data = queries.notice_detail(
+            ctx.store, ctx.registry, v.scope, notice_id, lang=lang_of(request)
+        )
         if data is None:
             raise NotFoundError(tr("通知 {id} 不存在", "notice {id} does not exist", id=notice_id))
         return data
@@ -908,10 +1008,16 @@ def _api_routes(app: FastAPI) -> None:
             raise NotFoundError(tr("设备 {id} 不存在", "no device {id}", id=device_id))
         return data
 
-    @app.get("/api/v1/failures", tags=["read"])
+    @app.get("/api/v1/failures", tags=["read"], dependencies=LangDoc)
     def api_failures(request: Request, v: ViewerDep) -> queries.Failures:
         ctx = _ctx(request)
-        return queries.failures(ctx.store, ctx.registry, v.scope, offline_alert=_offline_alert(ctx))
+        return queries.failures(
+            ctx.store,
+            ctx.registry,
+            v.scope,
+            offline_alert=_offline_alert(ctx),
+            lang=lang_of(request),
+        )
 
     @app.post("/api/v1/deliveries/{delivery_id}/retry", tags=["act"])
     def api_retry(

@@ -8,10 +8,11 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from content_queue.i18n import Lang, tr
 from content_queue.models import local_tz
 from dashboard.queries import EXPORT_COLUMNS
 
-__all__ = ["csv_chunks", "safe_cell", "xlsx_bytes"]
+__all__ = ["csv_chunks", "header", "safe_cell", "xlsx_bytes"]
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -26,12 +27,19 @@ def safe_cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def csv_chunks(rows: Iterable[list[Any]], *, every: int = 500) -> Iterator[bytes]:
-    """The CSV, streamed: a BOM so Excel reads UTF-8, then the header and the rows."""
+def header(lang: Lang) -> list[str]:
+    return [label.render(lang) for _, label in EXPORT_COLUMNS]
+
+
+def csv_chunks(
+    rows: Iterable[list[Any]], *, lang: Lang = "zh", every: int = 500
+) -> Iterator[bytes]:
+    """The CSV, streamed: a BOM so Excel reads UTF-8, then the header (in ``lang``) and
+    the rows."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     buf.write("\ufeff")
-    writer.writerow([zh for _, zh in EXPORT_COLUMNS])
+    writer.writerow(header(lang))
     for i, row in enumerate(rows, start=1):
         writer.writerow([safe_cell(v) for v in row])
         if i % every == 0:
@@ -41,12 +49,12 @@ def csv_chunks(rows: Iterable[list[Any]], *, every: int = 500) -> Iterator[bytes
     yield buf.getvalue().encode("utf-8")
 
 
-def xlsx_bytes(rows: Iterable[list[Any]], *, title: str = "投递记录") -> bytes:
+def xlsx_bytes(rows: Iterable[list[Any]], *, lang: Lang = "zh") -> bytes:
     from openpyxl import Workbook
 
     wb = Workbook(write_only=True)
-    ws = wb.create_sheet(title=title[:31])
-    ws.append([zh for _, zh in EXPORT_COLUMNS])
+    ws = wb.create_sheet(title=tr("投递记录", "Deliveries").render(lang)[:31])
+    ws.append(header(lang))
     for row in rows:
         ws.append([safe_cell(v) for v in row])
     out = io.BytesIO()

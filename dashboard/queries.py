@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import case, func, select
 
 from content_queue.db import Attempt, Delivery, Device, DeviceCommand, Notice, PresenceEvent
+from content_queue.i18n import Lang, Text, tr
 from content_queue.models import CATEGORY_LABELS, PRIORITY_LABELS, Category, Priority
 from content_queue.registry import LedEndpoint, Registry, SpeakerEndpoint
 from content_queue.store import NOTICE_STATE_LABELS, STATUS_LABELS, Store, utcnow
@@ -25,6 +26,9 @@ from dashboard.scope import Scope
 
 __all__ = [
     "BUCKETS",
+    "DEVICE_STATE_LABELS",
+    "EXPORT_COLUMNS",
+    "KIND_LABELS",
     "Cell",
     "DeliveryDetail",
     "DeviceDetail",
@@ -45,13 +49,23 @@ __all__ = [
 ]
 
 KIND_ORDER = ("wecom_group", "wechat_official_account", "led", "speaker", "tv_feed")
-KIND_NAMES = {
-    "wecom_group": "村微信群",
-    "wechat_official_account": "公众号",
-    "led": "LED 屏",
-    "speaker": "广播音箱",
-    "tv_feed": "电视公开平台",
+KIND_LABELS: dict[str, Text] = {
+    "wecom_group": tr("村微信群", "WeCom group"),
+    "wechat_official_account": tr("公众号", "official account"),
+    "led": tr("LED 屏", "LED board"),
+    "speaker": tr("广播音箱", "loudspeaker"),
+    "tv_feed": tr("电视公开平台", "TV platform"),
 }
+
+DEVICE_STATE_LABELS: dict[str, Text] = {
+    "online": tr("在线", "online"),
+    "offline": tr("离线", "offline"),
+    "unknown": tr("未知", "unknown"),
+}
+
+_OA_ONLY = tr("公众号（覆盖多个村）", "official account (several villages)")
+"""The overview row of official-account deliveries, which belong to no one village."""
+_OA = tr("公众号", "official account")
 
 BUCKETS = ("delivered", "pending", "failed", "expired", "other")
 """What the overview counts: confirmed; on its way (pending, scheduled, sending, sent and
@@ -74,14 +88,22 @@ def bucket_of(status: str) -> str:
     return _BUCKET.get(status, "other")
 
 
-def _status_zh(status: str) -> str:
-    label = STATUS_LABELS.get(status)
-    return label.render("zh") if label else status
+def _label(labels: dict[str, Text], key: str, lang: Lang) -> str:
+    text = labels.get(key)
+    return text.render(lang) if text else key
 
 
-def _category_zh(category: str) -> str:
+def _status(status: str, lang: Lang) -> str:
+    return _label(STATUS_LABELS, status, lang)
+
+
+def _kind(kind: str, lang: Lang) -> str:
+    return _label(KIND_LABELS, kind, lang)
+
+
+def _category(category: str, lang: Lang) -> str:
     if category in Category._value2member_map_:
-        return CATEGORY_LABELS[Category(category)].render("zh")
+        return CATEGORY_LABELS[Category(category)].render(lang)
     return category
 
 
@@ -171,6 +193,7 @@ class NoticeRow(BaseModel):
     title: str
     category: str
     category_zh: str
+    category_en: str
     priority: str
     publish_at: datetime
     state: str
@@ -209,8 +232,10 @@ def overview(
     notice_limit: int = 30,
     village_limit: int = 300,
     now: datetime | None = None,
+    lang: Lang = "zh",
 ) -> Overview:
-    """Recent notices x channels and villages x channels, counted by bucket."""
+    """Recent notices x channels and villages x channels, counted by bucket (``lang``:
+    the language of the one made-up name, the official accounts' row)."""
     now = now or utcnow()
     in_scope = [scope.deliveries(), *filters.deliveries()]
     buckets = _bucket_sums()
@@ -264,7 +289,7 @@ def overview(
         villages.append(
             VillageRow.model_construct(
                 village_id=vid,
-                name=registry.village_name(vid) if vid else "公众号（覆盖多个村）",
+                name=registry.village_name(vid) if vid else _OA_ONLY.render(lang),
                 township=township_names.get(tid or "", tid),
                 cells={k: _cell(c) for k, c in cells.items()},
                 total=_cell(row),
@@ -279,7 +304,8 @@ def overview(
                 id=r.id,
                 title=r.title,
                 category=r.category,
-                category_zh=_category_zh(r.category),
+                category_zh=_category(r.category, "zh"),
+                category_en=_category(r.category, "en"),
                 priority=r.priority,
                 publish_at=r.publish_at,
                 state=r.state,
@@ -502,11 +528,13 @@ class DeliveryDetail(BaseModel):
     endpoint_id: str
     kind: str
     kind_zh: str
+    kind_en: str
     village_id: str | None
     village: str
     township_id: str | None
     status: str
     status_zh: str
+    status_en: str
     bucket: str
     attempts: int
     due_at: datetime
@@ -542,10 +570,13 @@ class NoticeDetail(BaseModel):
     body: str
     category: str
     category_zh: str
+    category_en: str
     priority: str
     priority_zh: str
+    priority_en: str
     state: str
     state_zh: str
+    state_en: str
     revision: int
     supersedes_id: int | None
     author: str
@@ -562,7 +593,9 @@ class NoticeDetail(BaseModel):
     can_withdraw: bool
 
 
-def _delivery(d: Delivery, registry: Registry, title: str | None = None) -> DeliveryDetail:
+def _delivery(
+    d: Delivery, registry: Registry, title: str | None = None, *, lang: Lang = "zh"
+) -> DeliveryDetail:
     needs_fix = d.status == "failed" or (d.status == "pending" and d.error_code is not None)
     fix = suggested_fix(d.error_code) if needs_fix else None
     return DeliveryDetail(
@@ -572,12 +605,14 @@ def _delivery(d: Delivery, registry: Registry, title: str | None = None) -> Deli
         recall_of=d.recall_of,
         endpoint_id=d.endpoint_id,
         kind=d.kind,
-        kind_zh=KIND_NAMES.get(d.kind, d.kind),
+        kind_zh=_kind(d.kind, "zh"),
+        kind_en=_kind(d.kind, "en"),
         village_id=d.village_id,
-        village=registry.village_name(d.village_id) if d.village_id else "公众号",
+        village=registry.village_name(d.village_id) if d.village_id else _OA.render(lang),
         township_id=d.township_id,
         status=d.status,
-        status_zh=_status_zh(d.status),
+        status_zh=_status(d.status, "zh"),
+        status_en=_status(d.status, "en"),
         bucket=bucket_of(d.status),
         attempts=d.attempts,
         due_at=d.due_at,
@@ -596,7 +631,7 @@ def _delivery(d: Delivery, registry: Registry, title: str | None = None) -> Deli
 
 
 def notice_detail(
-    store: Store, registry: Registry, scope: Scope, notice_id: int
+    store: Store, registry: Registry, scope: Scope, notice_id: int, *, lang: Lang = "zh"
 ) -> NoticeDetail | None:
     """The notice with its in-scope deliveries, or None if it is not visible (or absent)."""
     from content_queue.accounts import Action
@@ -660,7 +695,7 @@ def notice_detail(
                 ~scope.deliveries(),
             )
         )
-        detail_rows = {d.id: _delivery(d, registry) for d in rows}
+        detail_rows = {d.id: _delivery(d, registry, lang=lang) for d in rows}
     for did, row in detail_rows.items():
         row.attempt_log = attempts.get(did, [])
         row.device_acks = acks.get(did, [])
@@ -677,23 +712,22 @@ def notice_detail(
     # A recall whose publish is out of scope cannot be here (same endpoint, same place);
     # any left over are shown on their own rather than lost.
     publishes.extend(by_publish.values())
-    category = _category_zh(n.category)
     priority = (
-        PRIORITY_LABELS[Priority(n.priority)].render("zh")
-        if n.priority in Priority._value2member_map_
-        else n.priority
+        PRIORITY_LABELS[Priority(n.priority)] if n.priority in Priority._value2member_map_ else None
     )
-    state = NOTICE_STATE_LABELS.get(n.state)
     return NoticeDetail(
         id=n.id,
         title=n.title,
         body=n.body,
         category=n.category,
-        category_zh=category,
+        category_zh=_category(n.category, "zh"),
+        category_en=_category(n.category, "en"),
         priority=n.priority,
-        priority_zh=priority,
+        priority_zh=priority.render("zh") if priority else n.priority,
+        priority_en=priority.render("en") if priority else n.priority,
         state=n.state,
-        state_zh=state.render("zh") if state else n.state,
+        state_zh=_label(NOTICE_STATE_LABELS, n.state, "zh"),
+        state_en=_label(NOTICE_STATE_LABELS, n.state, "en"),
         revision=n.revision,
         supersedes_id=n.supersedes_id,
         author=n.author,
@@ -764,6 +798,7 @@ def failures(
     offline_alert: timedelta,
     limit: int = 500,
     now: datetime | None = None,
+    lang: Lang = "zh",
 ) -> Failures:
     with store.session(readonly=True) as s:
         base = (
@@ -772,7 +807,7 @@ def failures(
             .where(scope.deliveries())
         )
         failed = [
-            _delivery(d, registry, title)
+            _delivery(d, registry, title, lang=lang)
             for d, title in s.execute(
                 base.where(Delivery.status == "failed")
                 .order_by(func.coalesce(Delivery.finished_at, Delivery.updated_at), Delivery.id)
@@ -780,7 +815,7 @@ def failures(
             )
         ]
         retrying = [
-            _delivery(d, registry, title)
+            _delivery(d, registry, title, lang=lang)
             for d, title in s.execute(
                 base.where(
                     Delivery.status == "pending",
@@ -799,24 +834,25 @@ def failures(
 
 # -- export --------------------------------------------------------------------------------
 
-EXPORT_COLUMNS = (
-    ("notice_id", "通知编号"),
-    ("title", "标题"),
-    ("category", "类别"),
-    ("publish_at", "发布时间"),
-    ("township", "乡镇"),
-    ("village", "村"),
-    ("channel", "渠道"),
-    ("endpoint", "端点"),
-    ("action", "动作"),
-    ("status", "状态"),
-    ("attempts", "尝试次数"),
-    ("sent_at", "发出时间"),
-    ("delivered_at", "送达时间"),
-    ("error_code", "错误代码"),
-    ("error", "错误说明"),
-    ("delivery_id", "投递编号"),
+EXPORT_COLUMNS: tuple[tuple[str, Text], ...] = (
+    ("notice_id", tr("通知编号", "Notice")),
+    ("title", tr("标题", "Title")),
+    ("category", tr("类别", "Category")),
+    ("publish_at", tr("发布时间", "Published at")),
+    ("township", tr("乡镇", "Township")),
+    ("village", tr("村", "Village")),
+    ("channel", tr("渠道", "Channel")),
+    ("endpoint", tr("端点", "Endpoint")),
+    ("action", tr("动作", "Action")),
+    ("status", tr("状态", "Status")),
+    ("attempts", tr("尝试次数", "Attempts")),
+    ("sent_at", tr("发出时间", "Sent at")),
+    ("delivered_at", tr("送达时间", "Delivered at")),
+    ("error_code", tr("错误代码", "Error code")),
+    ("error", tr("错误说明", "Error")),
+    ("delivery_id", tr("投递编号", "Delivery")),
 )
+_ACTIONS = {"publish": tr("发布", "publish"), "recall": tr("撤回", "recall")}
 
 
 def export_rows(
@@ -827,8 +863,11 @@ def export_rows(
     since: datetime,
     until: datetime,
     batch: int = 2000,
+    lang: Lang = "zh",
 ) -> Iterator[list[Any]]:
-    """Deliveries of the notices published in [since, until), in scope, as table rows."""
+    """Deliveries of the notices published in [since, until), in scope, as table rows,
+    labelled in ``lang`` (the error in ``lang`` when the channel wrote one)."""
+    oa = _OA.render(lang)
     township_names = {t.id: t.name for t in registry.townships.values()}
     q = (
         select(
@@ -848,6 +887,7 @@ def export_rows(
             Delivery.error_code,
             Delivery.error_zh,
             Delivery.id,
+            Delivery.error_en,
         )
         .join(Notice, Notice.id == Delivery.notice_id)
         .where(Notice.publish_at >= since, Notice.publish_at < until, scope.deliveries())
@@ -859,19 +899,19 @@ def export_rows(
             yield [
                 r[0],
                 r[1],
-                _category_zh(r[2]),
+                _category(r[2], lang),
                 r[3],
                 township_names.get(r[4] or "", r[4] or ""),
-                registry.village_name(r[5]) if r[5] else "公众号",
-                KIND_NAMES.get(r[6], r[6]),
+                registry.village_name(r[5]) if r[5] else oa,
+                _kind(r[6], lang),
                 r[7],
-                "撤回" if r[8] == "recall" else "发布",
-                _status_zh(r[9]),
+                _label(_ACTIONS, r[8] or "publish", lang),
+                _status(r[9], lang),
                 r[10],
                 r[11],
                 r[12],
                 r[13] or "",
-                r[14] or "",
+                (r[16] if lang == "en" and r[16] else r[14]) or "",
                 r[15],
             ]
 

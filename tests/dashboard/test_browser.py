@@ -1,5 +1,6 @@
 """A real browser (Debian's chromium driven by Playwright) against a real dashboard and a
-real Celery worker: log in, see the failed delivery, open it, retry it, see it delivered."""
+real Celery worker: log in, see the failed delivery, open it, retry it, see it delivered;
+then switch the pages to English."""
 
 from __future__ import annotations
 
@@ -153,6 +154,15 @@ def test_log_in_see_the_failure_retry_it_and_see_it_delivered(
             page.goto(f"{server.web_url}/overview")
             expect(page.locator("#failed-total")).to_have_text("0")
             page.screenshot(path=str(shots / "4-overview-after.png"), full_page=True)
+
+            # The switch in the header: English, remembered on the next page.
+            page.locator("#lang-switch a[hreflang=en]").click()
+            expect(page.locator("html")).to_have_attribute("lang", "en")
+            expect(page.locator("h1")).to_have_text("Delivery overview")
+            page.locator("nav a[href='/failures']").click()
+            expect(page.locator("h1")).to_have_text("Problems that need a person")
+            expect(page.locator("#lang-switch a[hreflang=zh-CN]")).to_have_text("中文")
+            page.screenshot(path=str(shots / "5-failures-english.png"), full_page=True)
             browser.close()
     finally:
         server.shutdown()
