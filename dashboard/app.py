@@ -20,6 +20,8 @@ from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -350,6 +352,32 @@ def create_app(
             None,
             status_code=status,
             message=exc.render(lang_of(request)),
+            status=status,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        # The JSON API keeps FastAPI's documented 422 body; a page gets a page: a malformed
+        # id in the path is a page that does not exist, anything else a bad request.
+        if request.url.path.startswith("/api/"):
+            return await request_validation_exception_handler(request, exc)
+        in_path = any(e.get("loc", ("",))[0] == "path" for e in exc.errors())
+        status = 404 if in_path else 400
+        message = (
+            tr("没有这个页面", "no such page")
+            if in_path
+            else tr(
+                "请求参数无效：{f}",
+                "invalid request parameters: {f}",
+                f="、".join(str(e.get("loc", ("?",))[-1]) for e in exc.errors()),
+            )
+        )
+        return _page(
+            request,
+            "error.html",
+            None,
+            status_code=status,
+            message=message.render(lang_of(request)),
             status=status,
         )
 

@@ -306,6 +306,19 @@ def test_error_pages_in_both_languages(county: County) -> None:
     assert "日期格式应为" in east.get("/export/deliveries.csv?since=soon&lang=zh").text
 
 
+def test_a_malformed_id_is_a_page_not_a_json_dump(county: County) -> None:
+    east = county.client("east")
+    zh = east.get("/notices/abc", params={"lang": "zh"})
+    assert zh.status_code == 404 and "没有这个页面" in zh.text
+    assert zh.headers["content-type"].startswith("text/html")
+    en = east.get("/notices/abc", params={"lang": "en"})
+    assert en.status_code == 404 and "no such page" in en.text
+    assert leftover_cjk(en.text, set()) == []
+    # The JSON API keeps FastAPI's documented validation body.
+    api = east.get("/api/v1/notices/abc")
+    assert api.status_code == 422 and isinstance(api.json()["detail"], list)
+
+
 def test_api_keeps_detail_and_offers_english_labels(county: County, scene: Scene) -> None:
     east = county.client("east")
     # detail stays Chinese (clients rely on it) with detail_en beside it, whatever the lang.
