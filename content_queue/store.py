@@ -2075,21 +2075,17 @@ def _insert_deliveries(
                 "status": (S.SKIPPED if skip is not None else pending).value,
                 "attempts": 0,
                 "due_at": publish_at,
-                "sent_at": None,
-                "delivered_at": None,
                 "finished_at": now if skip is not None else None,
-                "error_code": None,
                 "error_zh": skip.render("zh") if skip is not None else None,
                 "error_en": skip.render("en") if skip is not None else None,
-                "external_ref": None,
                 "updated_at": now,
-                "details": None,
                 "action": "publish",
-                "recall_of": None,
             }
         )
     conn = s.connection()
-    conn.execute(insert(Delivery), values)  # on the connection: plain Core, no ORM
+    # On the connection: plain Core, no ORM. The columns left out stay NULL (``details``
+    # too: given as None, the JSON type would write the JSON text 'null').
+    conn.execute(insert(Delivery), values)
     ids: dict[str, int] = {
         endpoint: did
         for endpoint, did in conn.execute(
@@ -2098,7 +2094,10 @@ def _insert_deliveries(
             )
         )
     }
-    return [DeliveryView(id=ids[v["endpoint_id"]], **v) for v in values]
+    unset: dict[str, Any] = dict.fromkeys(
+        ("sent_at", "delivered_at", "error_code", "external_ref", "details", "recall_of")
+    )
+    return [DeliveryView(id=ids[v["endpoint_id"]], **v, **unset) for v in values]
 
 
 def _set_error(d: Delivery, text: Text | None, code: str | None) -> None:

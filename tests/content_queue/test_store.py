@@ -83,6 +83,8 @@ def test_added_and_claimed_views_are_what_the_store_holds(store: Store) -> None:
     statements, no ORM objects): they must equal the rows read back."""
     _, added = store.add_notice(build_notice(_notice()), PLANS, now=T0)
     assert added == store.deliveries(ids=[d.id for d in added])
+    with store.session() as s:  # SQL NULL, not the JSON text 'null'
+        assert s.scalar(text("SELECT count(*) FROM deliveries WHERE details IS NULL")) == 3
     claims = store.claim(
         [d.id for d in added], worker="w1", lease_seconds=5, max_attempts=3, now=T0
     )
