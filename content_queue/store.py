@@ -1004,7 +1004,9 @@ class Store:
                 )
             if not leased:
                 return []
-            prefix = f"{worker}:{uuid.uuid4().hex[:12]}."
+            # leased_by is VARCHAR(64) on PostgreSQL: 8 random hex digits and the id make the
+            # token about as long as the 12 digits it had before.
+            prefix = f"{worker}:{uuid.uuid4().hex[:8]}."
             leased_ids = [d["id"] for d in leased]
             s.execute(
                 update(Delivery)
