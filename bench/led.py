@@ -24,7 +24,9 @@ With --repeat K, the whole set runs K rounds (setups interleaved) and a summary 
 medians; each round's ratio is against the faster of its own two bare runs. Runs of amqtt
 above 1,000 boards are skipped unless --no-limit: it does not connect them in minutes.
 CPU seconds per process (this process with the listener thread, the brokers, the farm,
-the worker with its pool) are printed for bare run A and for villagecast's run.
+the worker with its pool) are printed for bare run A and for villagecast's run, with their
+ratio (all processes; less sensitive to other work on the machine than the wall clock) and
+the 1-minute load average as villagecast's run started.
 
 Every step has a hard timeout (--timeout), every process started here is stopped by its
 id at the end of its run, and a run that fails is reported as FAILED (its directory and
@@ -733,10 +735,19 @@ class Result:
     cpu_vc: dict[str, float] = field(default_factory=dict)
     """The same during villagecast's run (until the last delivery was seen terminal)."""
     seconds: float = math.nan
+    load: float = math.nan
+    """The machine's 1-minute load average as villagecast's run started (others' work)."""
 
     @property
     def baseline(self) -> float:
         return min(self.bare) if self.bare else math.nan
+
+    @property
+    def cpu_ratio(self) -> float:
+        """CPU seconds of villagecast's run over bare run A's, all processes: what the
+        fan-out costs the machine, less sensitive to other load than the wall clock."""
+        bare, vc = sum(self.cpu_bare.values()), sum(self.cpu_vc.values())
+        return vc / bare if bare and vc else math.nan
 
 
 def run_one(
@@ -774,6 +785,7 @@ def run_one(
                 warm = _submit({"villages": _villages(WARM_VILLAGES, n)})
                 _wait_for(lambda: _open_count(warm) == 0, 120, "warm-up notice delivered")
                 before = farm.stats()
+                result.load = os.getloadavg()[0]
                 cpu0 = cpu_snapshot()
                 result.vc = villagecast_run(n, timeout)
                 result.cpu_vc = cpu_delta(cpu0, cpu_snapshot())
@@ -978,6 +990,8 @@ def run_all(
                 )
                 status = (
                     f"ok: {r.vc.total if r.vc else math.nan:.2f} s against {r.baseline:.2f} s"
+                    f" ({(r.vc.total if r.vc else math.nan) / r.baseline:.2f}x; CPU "
+                    f"{r.cpu_ratio:.2f}x; load average {r.load:.1f})"
                     if r.ok
                     else f"FAILED: {r.error}"
                 )
@@ -998,7 +1012,7 @@ def print_summary(results: list[Result]) -> None:
     )
     print(
         "  setup                    N  runs  villagecast   bare paho   ratio (range)        "
-        "polling or Celery gaps"
+        "polling or Celery gaps   CPU ratio  load"
     )
     for (setup, n, presence), runs in groups.items():
         ok = [r for r in runs if r.ok and r.vc is not None]
@@ -1015,7 +1029,9 @@ def print_summary(results: list[Result]) -> None:
             f"  {label:<22} {n:>5}  {len(ok)}/{len(runs)}  "
             f"{statistics.median(totals):9.2f} s  {statistics.median(bases):8.2f} s  "
             f"{statistics.median(ratios):5.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})  "
-            f"{statistics.median(polls):5.2f} s = {statistics.median(shares):4.0%}"
+            f"{statistics.median(polls):5.2f} s = {statistics.median(shares):4.0%}   "
+            f"{statistics.median(r.cpu_ratio for r in ok):7.2f}x  "
+            f"{min(r.load for r in ok):.1f}-{max(r.load for r in ok):.1f}"
         )
 
 

@@ -11,12 +11,19 @@ import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from channels._mqtt import MqttPublisher, Publisher, publish_all
+from channels._mqtt import MqttPublisher, Publisher, not_confirmed, publish_all
+from channels.base import SendResult
 from channels.protocol import Command, SignedCommand, encode, topic_cmd
 from content_queue.settings import Settings
 from content_queue.store import NewCommand, Store
 
-__all__ = ["command_id_for", "dispatch_command", "dispatch_commands", "publisher_for"]
+__all__ = [
+    "command_id_for",
+    "dispatch_command",
+    "dispatch_commands",
+    "publish_signed",
+    "publisher_for",
+]
 
 
 def command_id_for(delivery_id: int, *, sync_seq: int | None = None) -> str:
@@ -90,3 +97,35 @@ def dispatch_commands(
         [(topic_cmd(prefix, c.device), c.payload) for c in commands],
         timeout=timeout,
     )
+
+
+def publish_signed(
+    results: list[SendResult | Exception],
+    signed: Sequence[tuple[int, SignedCommand]],
+    *,
+    store: Store,
+    settings: Settings,
+    publisher: Publisher | None,
+    timeout: float = 10.0,
+) -> list[SendResult | Exception]:
+    """The end of a channel's chunk: ``results`` holds a SendResult at each index in
+    ``signed``; those commands go out with :func:`dispatch_commands`, and a command the
+    broker did not accept (or a broker that cannot be reached) replaces its result."""
+    if not signed:
+        return results
+    try:
+        accepted: list[bool] | Exception = dispatch_commands(
+            [c for _, c in signed],
+            store=store,
+            settings=settings,
+            publisher=publisher,
+            timeout=timeout,
+        )
+    except Exception as exc:
+        accepted = exc
+    for n, (i, _) in enumerate(signed):
+        if isinstance(accepted, Exception):
+            results[i] = accepted
+        elif not accepted[n]:
+            results[i] = not_confirmed(timeout)
+    return results

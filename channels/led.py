@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from channels._device import command_id_for, dispatch_command, dispatch_commands
+from channels._device import command_id_for, dispatch_command, publish_signed
 from channels._led_render import (
     BoardSpec,
     EncodingProblem,
@@ -28,7 +28,7 @@ from channels._led_render import (
     prepare_text,
     render_pages_json,
 )
-from channels._mqtt import Publisher, not_confirmed
+from channels._mqtt import Publisher
 from channels._recall import recall_on_device
 from channels.base import Channel, ChannelLimits, ContentError, DeliveryContext, SendResult
 from channels.keys import Keyring
@@ -257,22 +257,6 @@ class LedChannel(Channel):
                 continue
             results.append(SendResult("sent", external_ref=command.id, published=(command.id,)))
             signed.append((i, command))
-        if not signed:
-            return results
-        timeout = 10.0
-        try:
-            accepted: list[bool] | Exception = dispatch_commands(
-                [c for _, c in signed],
-                store=store,
-                settings=settings,
-                publisher=self._publisher,
-                timeout=timeout,
-            )
-        except Exception as exc:
-            accepted = exc
-        for n, (i, _) in enumerate(signed):
-            if isinstance(accepted, Exception):
-                results[i] = accepted
-            elif not accepted[n]:
-                results[i] = not_confirmed(timeout)
-        return results
+        return publish_signed(
+            results, signed, store=store, settings=settings, publisher=self._publisher
+        )

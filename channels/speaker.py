@@ -14,7 +14,9 @@ Features
     plan        now, then the village's daily times; quiet hours (default 21:30-06:30) move
                 or skip routine plays; emergencies play at once (channels/_play_plan.py);
                 `window_s` keeps a delayed play out of the quiet hours
-    transport   signed `speaker.play` over MQTT, QoS 1, never retained (docs/device-protocol.md)
+    transport   signed `speaker.play` over MQTT, QoS 1, never retained (docs/device-protocol.md);
+                a claimed chunk is signed once per distinct play, recorded in one
+                transaction and published together, as the LED channel does
     confirms    'sent' when the broker accepts it, 'delivered' on the first `played` ack;
                 each play heard is acked again with its `play_at` and kept per delivery
                 (content_queue/loudspeakers.py), so a re-sync after a fresh boot sends only
@@ -31,12 +33,14 @@ Errors
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from channels._audio import Clip, ClipCache, lookup_clips, synthesize_clip
-from channels._device import command_id_for, dispatch_command
+from channels._device import command_id_for, dispatch_command, publish_signed
 from channels._mqtt import Publisher
 from channels._play_plan import PlannedPlay, plan_plays, seconds_until_quiet
 from channels._recall import recall_on_device
@@ -52,7 +56,7 @@ from channels.base import (
     TransientError,
 )
 from channels.keys import Keyring
-from channels.protocol import Command, sign_command
+from channels.protocol import Command, CommandSigner, SignedCommand, sign_command
 from channels.tts import Synthesizer, Voice
 from content_queue.errors import ConfigError
 from content_queue.i18n import tr
@@ -182,6 +186,59 @@ def build_play_command(
 ) -> tuple[Command, dict[str, Any]]:
     """Plan the plays (or take ``plays`` as they are, for a re-sync) and sign a
     ``speaker.play`` for a clip already made (``made``: its record in the cache)."""
+    play = _plan_play(
+        notice=notice,
+        registry=registry,
+        village_id=village_id,
+        settings=settings,
+        clip=clip,
+        now=now,
+        plays=plays,
+    )
+    command = sign_command(
+        key=keyring.active(),
+        command_id=command_id,
+        device=endpoint.device_id,
+        notice=notice.id,
+        revision=notice.revision,
+        delivery=delivery_id,
+        kind="speaker.play",
+        priority=notice.priority,
+        issued_at=play.issued_at,
+        expires_at=play.expires_at,
+        body=play.body,
+    )
+    return command, _play_details(play, notice=notice, clip=clip, made=made, settings=settings)
+
+
+@dataclass(frozen=True)
+class _Play:
+    """A ``speaker.play`` before it is signed: the same for every loudspeaker of a chunk
+    with the same plan (the same quiet hours), so a chunk signs it around one body."""
+
+    body: dict[str, Any]
+    issued_at: int
+    expires_at: int
+    planned: list[PlannedPlay]
+    skipped: int
+
+    def key(self, notice: NoticeView) -> str:
+        return json.dumps(
+            [notice.id, notice.revision, self.issued_at, self.expires_at, self.body],
+            sort_keys=True,
+        )
+
+
+def _plan_play(
+    *,
+    notice: NoticeView,
+    registry: Registry,
+    village_id: str | None,
+    settings: Settings,
+    clip: Clip,
+    now: datetime,
+    plays: list[datetime] | None = None,
+) -> _Play:
     quiet_hours = registry.quiet_hours(village_id) if village_id else None
     quiet = (quiet_hours.start, quiet_hours.end) if quiet_hours else None
     if plays is None:
@@ -225,32 +282,29 @@ def build_play_command(
     }
     if not emergency:  # an emergency may play late, up to its expiry, quiet hours or not
         body["window_s"] = _window_seconds(planned, quiet)
-    command = sign_command(
-        key=keyring.active(),
-        command_id=command_id,
-        device=endpoint.device_id,
-        notice=notice.id,
-        revision=notice.revision,
-        delivery=delivery_id,
-        kind="speaker.play",
-        priority=notice.priority,
-        issued_at=int(now.timestamp()),
-        expires_at=int(expires.timestamp()),
-        body=body,
-    )
+    return _Play(body, int(now.timestamp()), int(expires.timestamp()), planned, skipped)
+
+
+def _play_details(
+    play: _Play,
+    *,
+    notice: NoticeView,
+    clip: Clip,
+    made: dict[str, Any] | None,
+    settings: Settings,
+) -> dict[str, Any]:
     if made is None:
         made = ClipCache.for_settings(settings).meta_for(clip.sha256) or {}
-    details = {
+    return {
         "engine": made.get("engine", "unknown"),
         "fallback": made.get("fallback_reason"),
         # The clip was made for another notice (the same script said before): no synthesis.
         "cache_hit": made.get("notice") != notice.id,
         "clip": clip.sha256,
-        "plays": [p.at.isoformat() for p in planned],
-        "moved_out_of_quiet_hours": sum(p.moved_from is not None for p in planned),
-        "skipped_plays": skipped,
+        "plays": [p.at.isoformat() for p in play.planned],
+        "moved_out_of_quiet_hours": sum(p.moved_from is not None for p in play.planned),
+        "skipped_plays": play.skipped,
     }
-    return command, details
 
 
 def resync_play_command(
@@ -360,19 +414,28 @@ class SpeakerChannel(Channel):
             self._clips[key] = found
         return found
 
-    def send(self, ctx: DeliveryContext) -> SendResult:
-        endpoint = ctx.endpoint
-        if not isinstance(endpoint, SpeakerEndpoint):
-            raise ConfigError(tr("端点不是广播音箱", "the endpoint is not a loudspeaker"))
+    def _keys(self, settings: Settings) -> Keyring:
         if self._keyring is None:
-            self._keyring = Keyring.load(ctx.settings.keys_dir)
-        script = self._script(ctx.notice)
-        voice = voice_for(ctx.registry, ctx.village_id)
+            self._keyring = Keyring.load(settings.keys_dir)
+        return self._keyring
+
+    def _ready_clip(
+        self, ctx: DeliveryContext, script: str, voice: Voice
+    ) -> tuple[Clip, dict[str, Any]]:
         found = self._clip(ctx.settings, script, voice)
         if found is None:
             key = failure_key(script=script, voice=voice, mode=ctx.settings.tts_mode)
             raise _not_ready(synthesis_failure(ctx.store, key))
-        clip, made = found
+        return found
+
+    def send(self, ctx: DeliveryContext) -> SendResult:
+        endpoint = ctx.endpoint
+        if not isinstance(endpoint, SpeakerEndpoint):
+            raise ConfigError(tr("端点不是广播音箱", "the endpoint is not a loudspeaker"))
+        keyring = self._keys(ctx.settings)
+        script = self._script(ctx.notice)
+        voice = voice_for(ctx.registry, ctx.village_id)
+        clip, made = self._ready_clip(ctx, script, voice)
         command_id = command_id_for(ctx.delivery_id)
         command, details = build_play_command(
             notice=ctx.notice,
@@ -381,7 +444,7 @@ class SpeakerChannel(Channel):
             village_id=ctx.village_id,
             delivery_id=ctx.delivery_id,
             command_id=command_id,
-            keyring=self._keyring,
+            keyring=keyring,
             settings=ctx.settings,
             clip=clip,
             made=made,
@@ -390,18 +453,98 @@ class SpeakerChannel(Channel):
         dispatch_command(command, store=ctx.store, settings=ctx.settings, publisher=self._publisher)
         return SendResult("sent", external_ref=command_id, details=details)
 
+    def send_many(self, ctxs: Sequence[DeliveryContext]) -> list[SendResult | Exception]:
+        """A claimed chunk, as the LED channel sends one: each distinct play (a notice's
+        clip and the plays its village's quiet hours allow) signed around one body, all
+        recorded in one transaction, published before the PUBACKs are awaited together.
+        The payloads are those :meth:`send` would publish one at a time."""
+        if not ctxs:
+            return []
+        settings = ctxs[0].settings
+        try:
+            keyring = self._keys(settings)
+        except Exception as exc:
+            return [exc] * len(ctxs)
+        now = self._clock()
+        results: list[SendResult | Exception] = []
+        signers: dict[str, CommandSigner | Exception] = {}
+        clips: dict[tuple[str, Voice], tuple[Clip, dict[str, Any]] | Exception] = {}
+        signed: list[tuple[int, SignedCommand]] = []
+        for i, ctx in enumerate(ctxs):
+            try:
+                endpoint = ctx.endpoint
+                if not isinstance(endpoint, SpeakerEndpoint):
+                    raise ConfigError(tr("端点不是广播音箱", "the endpoint is not a loudspeaker"))
+                script = self._script(ctx.notice)
+                voice = voice_for(ctx.registry, ctx.village_id)
+                found = clips.get((script, voice))
+                if found is None:
+                    try:
+                        found = self._ready_clip(ctx, script, voice)
+                    except Exception as exc:
+                        found = exc
+                    clips[(script, voice)] = found
+                if isinstance(found, Exception):
+                    raise found
+                clip, made = found
+                play = _plan_play(
+                    notice=ctx.notice,
+                    registry=ctx.registry,
+                    village_id=ctx.village_id,
+                    settings=settings,
+                    clip=clip,
+                    now=now,
+                )
+                key = play.key(ctx.notice)
+                signer = signers.get(key)
+                if signer is None:
+                    try:
+                        signer = CommandSigner(
+                            key=keyring.active(),
+                            notice=ctx.notice.id,
+                            revision=ctx.notice.revision,
+                            kind="speaker.play",
+                            priority=ctx.notice.priority,
+                            issued_at=play.issued_at,
+                            expires_at=play.expires_at,
+                            body=play.body,
+                        )
+                    except Exception as exc:
+                        signer = exc
+                    signers[key] = signer
+                if isinstance(signer, Exception):
+                    raise signer
+                command = signer.sign(
+                    command_id=command_id_for(ctx.delivery_id),
+                    device=endpoint.device_id,
+                    delivery=ctx.delivery_id,
+                )
+                details = _play_details(
+                    play, notice=ctx.notice, clip=clip, made=made, settings=settings
+                )
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append(
+                SendResult(
+                    "sent", external_ref=command.id, details=details, published=(command.id,)
+                )
+            )
+            signed.append((i, command))
+        return publish_signed(
+            results, signed, store=ctxs[0].store, settings=settings, publisher=self._publisher
+        )
+
     def recall(self, ctx: DeliveryContext) -> SendResult:
         """``speaker.stop`` for the notice: the loudspeaker stops it if it is playing and
         cancels its remaining plan; 'delivered' when it acks ``stopped``."""
         endpoint = ctx.endpoint
         if not isinstance(endpoint, SpeakerEndpoint):
             raise ConfigError(tr("端点不是广播音箱", "the endpoint is not a loudspeaker"))
-        if self._keyring is None:
-            self._keyring = Keyring.load(ctx.settings.keys_dir)
         return recall_on_device(
             ctx,
             device_id=endpoint.device_id,
             kind="speaker.stop",
-            keyring=self._keyring,
+            keyring=self._keys(ctx.settings),
             publisher=self._publisher,
         )

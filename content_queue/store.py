@@ -7,6 +7,7 @@ only carry delivery ids; losing one loses nothing because the sweeper rings agai
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import threading
@@ -22,12 +23,15 @@ from typing import Any, ClassVar, Literal
 
 from sqlalchemy import (
     Engine,
+    String,
     bindparam,
+    cast,
     create_engine,
     event,
     func,
     insert,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -46,6 +50,7 @@ from content_queue.db import (
     FeedFetch,
     Notice,
     PresenceEvent,
+    UTCDateTime,
 )
 from content_queue.errors import NotFoundError, StateError, StoreError
 from content_queue.i18n import Text, tr
@@ -214,6 +219,10 @@ class DeliveryView:
 
     def error(self, lang: str = "zh") -> str | None:
         return self.error_zh if lang == "zh" else self.error_en
+
+
+_VIEW_COLUMNS = tuple(getattr(Delivery, f.name) for f in dataclasses.fields(DeliveryView))
+"""The delivery columns a :class:`DeliveryView` is made of (same names)."""
 
 
 @dataclass(frozen=True)
@@ -498,8 +507,7 @@ class Store:
         )
         s.add(notice)
         s.flush()
-        rows = _delivery_rows(notice.id, plans, publish_at=publish_at, now=now)
-        s.add_all(rows)
+        rows = _insert_deliveries(s, notice.id, plans, publish_at=publish_at, now=now)
         s.add(
             AuditEntry(
                 at=now,
@@ -520,7 +528,7 @@ class Store:
                 )
             )
         s.flush()
-        return NoticeView.of(notice), [DeliveryView.of(r) for r in rows]
+        return NoticeView.of(notice), rows
 
     # -- review ------------------------------------------------------------------------
 
@@ -580,8 +588,7 @@ class Store:
             if n.publish_at < now:
                 n.publish_at = now  # goes out now; a future publish time is kept
             s.add(AuditEntry(at=now, actor=actor, action="notice.approve", notice_id=n.id))
-            rows = _delivery_rows(n.id, plans, publish_at=n.publish_at, now=now)
-            s.add_all(rows)
+            rows = _insert_deliveries(s, n.id, plans, publish_at=n.publish_at, now=now)
             s.add(
                 AuditEntry(
                     at=now,
@@ -602,7 +609,7 @@ class Store:
                     now=now,
                 )
             s.flush()
-            return NoticeView.of(n), [DeliveryView.of(r) for r in rows], withdrawal
+            return NoticeView.of(n), rows, withdrawal
 
     @staticmethod
     def _in_state(s: Session, notice_id: int, states: Sequence[str], verb: Text) -> Notice:
@@ -892,12 +899,18 @@ class Store:
         max_attempts: int,
         now: datetime | None = None,
     ) -> list[Claim]:
-        """Lease due, pending deliveries to this worker; ends expired or withdrawn ones."""
+        """Lease due, pending deliveries to this worker; ends expired or withdrawn ones.
+
+        Core statements for the whole chunk (a grouped ``UPDATE`` per outcome and one
+        ``INSERT ... SELECT`` for the attempt rows), not ORM objects: the ORM inserts
+        attempt rows one ``INSERT ... RETURNING`` at a time. Each claim's token is the
+        call's random prefix and the delivery id, so it is distinct per attempt and the
+        database can write it without a statement per row."""
         now = now or utcnow()
         claims: list[Claim] = []
         with self.session() as s:
             q = (
-                select(Delivery)
+                select(*_VIEW_COLUMNS)
                 .where(
                     Delivery.id.in_(list(ids)),
                     Delivery.status == S.PENDING,
@@ -906,60 +919,132 @@ class Store:
                 .order_by(Delivery.id)
                 .with_for_update(skip_locked=True)
             )
-            rows = list(s.scalars(q))
+            rows = [dict(r._mapping) for r in s.execute(q)]
+            if not rows:
+                return []
             notices = {
                 n.id: NoticeView.of(n)
-                for n in s.scalars(select(Notice).where(Notice.id.in_({d.notice_id for d in rows})))
+                for n in s.scalars(
+                    select(Notice).where(Notice.id.in_({d["notice_id"] for d in rows}))
+                )
             }
-            recalled = {d.recall_of for d in rows if d.recall_of is not None}
-            originals = (
-                {o.id: o for o in s.scalars(select(Delivery).where(Delivery.id.in_(recalled)))}
+            recalled = {d["recall_of"] for d in rows if d["recall_of"] is not None}
+            # A publish still in flight: recalling now could arrive before it.
+            in_flight = (
+                set(
+                    s.scalars(
+                        select(Delivery.id).where(
+                            Delivery.id.in_(recalled), Delivery.status == S.SENDING
+                        )
+                    )
+                )
                 if recalled
-                else {}
+                else set()
             )
+            waiting: list[int] = []
+            ended: dict[tuple[S, str | None, str | None, str | None], list[int]]
+            ended = defaultdict(list)
+            leased: list[dict[str, Any]] = []
             for d in rows:
-                notice = notices[d.notice_id]
-                if d.action == "recall":
-                    original = originals.get(d.recall_of or -1)
-                    if original is not None and original.status == S.SENDING:
-                        # The publish is still in flight: recalling now could arrive
-                        # before it. Try again once it has settled.
-                        d.due_at = now + timedelta(seconds=RECALL_WAIT_SECONDS)
-                        d.enqueued_at = None
-                        d.updated_at = now
+                notice = notices[d["notice_id"]]
+                end: tuple[S, Text, str | None] | None = None
+                if d["action"] == "recall":
+                    if d["recall_of"] in in_flight:
+                        waiting.append(d["id"])  # tried again once the publish has settled
                         continue
                 elif notice.state != "active":
-                    _end(d, S.CANCELLED, now, tr("通知已撤回", "the notice was withdrawn"))
-                    continue
-                if d.action == "publish" and notice.expired(now):
-                    _end(
-                        d,
+                    end = (S.CANCELLED, tr("通知已撤回", "the notice was withdrawn"), None)
+                if end is None and d["action"] == "publish" and notice.expired(now):
+                    end = (
                         S.EXPIRED,
-                        now,
                         tr("发送前通知已过期", "the notice expired before it went out"),
+                        None,
                     )
-                    continue
-                if d.attempts >= max_attempts:
-                    _end(
-                        d,
+                if end is None and d["attempts"] >= max_attempts:
+                    end = (
                         S.FAILED,
-                        now,
                         tr(
                             "已尝试 {n} 次仍未成功，已停止重试",
                             "gave up after {n} attempts",
-                            n=d.attempts,
+                            n=d["attempts"],
                         ),
-                        code="attempts_exhausted",
+                        "attempts_exhausted",
                     )
+                if end is not None:
+                    status, why, code = end
+                    ended[(status, code, why.render("zh"), why.render("en"))].append(d["id"])
                     continue
-                token = f"{worker}:{uuid.uuid4().hex[:12]}"
-                d.status = S.SENDING
-                d.attempts += 1
-                d.lease_until = now + timedelta(seconds=lease_seconds)
-                d.leased_by = token
-                d.updated_at = now
-                s.add(Attempt(delivery_id=d.id, number=d.attempts, worker=token, started_at=now))
-                claims.append(Claim(DeliveryView.of(d), notice, d.attempts, token))
+                leased.append(d)
+            if waiting:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(waiting))
+                    .values(
+                        due_at=now + timedelta(seconds=RECALL_WAIT_SECONDS),
+                        enqueued_at=None,
+                        updated_at=now,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            for (status, code, zh, en), ended_ids in ended.items():
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(ended_ids))
+                    .values(
+                        status=status,
+                        finished_at=now,
+                        updated_at=now,
+                        lease_until=None,
+                        leased_by=None,
+                        error_code=code,
+                        error_zh=zh,
+                        error_en=en,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+            if not leased:
+                return []
+            # leased_by is VARCHAR(64) on PostgreSQL: 8 random hex digits and the id make the
+            # token about as long as the 12 digits it had before.
+            prefix = f"{worker}:{uuid.uuid4().hex[:8]}."
+            leased_ids = [d["id"] for d in leased]
+            s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(leased_ids))
+                .values(
+                    status=S.SENDING,
+                    attempts=Delivery.attempts + 1,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                    leased_by=literal(prefix, String) + cast(Delivery.id, String),
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            s.connection().execute(
+                insert(Attempt).from_select(
+                    ["delivery_id", "number", "worker", "started_at"],
+                    select(
+                        Delivery.id,
+                        Delivery.attempts,
+                        Delivery.leased_by,
+                        literal(now, UTCDateTime),
+                    )
+                    .where(Delivery.id.in_(leased_ids))
+                    .order_by(Delivery.id),
+                )
+            )
+            for d in leased:
+                number = d["attempts"] + 1
+                d.update(status=S.SENDING, attempts=number, updated_at=now)
+                d["action"] = d["action"] or "publish"
+                claims.append(
+                    Claim(
+                        DeliveryView(**d),
+                        notices[d["notice_id"]],
+                        number,
+                        f"{prefix}{d['id']}",
+                    )
+                )
         return claims
 
     def finish(
@@ -1961,32 +2046,60 @@ class DeviceView:
     updated_at: datetime
 
 
-def _delivery_rows(
-    notice_id: int, plans: Sequence[PlannedDelivery], *, publish_at: datetime, now: datetime
-) -> list[Delivery]:
+def _insert_deliveries(
+    s: Session,
+    notice_id: int,
+    plans: Sequence[PlannedDelivery],
+    *,
+    publish_at: datetime,
+    now: datetime,
+) -> list[DeliveryView]:
     """One delivery per planned endpoint: skipped with its reason, held until the publish
-    time, or due now (shared by adding a notice and approving a reviewed one)."""
-    rows = []
+    time, or due now (shared by adding a notice and approving a reviewed one).
+
+    One Core executemany and one query for the new ids: the ORM would insert the rows one
+    ``INSERT ... RETURNING`` at a time (0.1 ms a row, half a second for a county). The
+    notice has no publish deliveries before this (a new notice, or a reviewed one that
+    gets them at approval), so (notice, endpoint, publish) finds exactly these rows."""
+    if not plans:
+        return []
+    pending = S.SCHEDULED if publish_at > now else S.PENDING
+    values: list[dict[str, Any]] = []
     for p in plans:
-        skipped = p.skip_reason is not None
-        status = S.SKIPPED if skipped else (S.SCHEDULED if publish_at > now else S.PENDING)
-        rows.append(
-            Delivery(
-                notice_id=notice_id,
-                endpoint_id=p.endpoint_id,
-                kind=p.kind,
-                village_id=p.village_id,
-                township_id=p.township_id,
-                status=status.value,
-                attempts=0,
-                due_at=publish_at,
-                finished_at=now if skipped else None,
-                error_zh=p.skip_reason.render("zh") if p.skip_reason else None,
-                error_en=p.skip_reason.render("en") if p.skip_reason else None,
-                updated_at=now,
+        skip = p.skip_reason
+        values.append(
+            {
+                "notice_id": notice_id,
+                "endpoint_id": p.endpoint_id,
+                "kind": p.kind,
+                "village_id": p.village_id,
+                "township_id": p.township_id,
+                "status": (S.SKIPPED if skip is not None else pending).value,
+                "attempts": 0,
+                "due_at": publish_at,
+                "finished_at": now if skip is not None else None,
+                "error_zh": skip.render("zh") if skip is not None else None,
+                "error_en": skip.render("en") if skip is not None else None,
+                "updated_at": now,
+                "action": "publish",
+            }
+        )
+    conn = s.connection()
+    # On the connection: plain Core, no ORM. The columns left out stay NULL (``details``
+    # too: given as None, the JSON type would write the JSON text 'null').
+    conn.execute(insert(Delivery), values)
+    ids: dict[str, int] = {
+        endpoint: did
+        for endpoint, did in conn.execute(
+            select(Delivery.endpoint_id, Delivery.id).where(
+                Delivery.notice_id == notice_id, Delivery.action == "publish"
             )
         )
-    return rows
+    }
+    unset: dict[str, Any] = dict.fromkeys(
+        ("sent_at", "delivered_at", "error_code", "external_ref", "details", "recall_of")
+    )
+    return [DeliveryView(id=ids[v["endpoint_id"]], **v, **unset) for v in values]
 
 
 def _set_error(d: Delivery, text: Text | None, code: str | None) -> None:

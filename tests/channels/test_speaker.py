@@ -19,6 +19,7 @@ from channels.protocol import ReplayGuard, verify_command
 from channels.speaker import (
     MAX_WINDOW_SECONDS,
     SpeakerChannel,
+    cached_clip,
     failure_key,
     make_clip,
     resync_play_command,
@@ -314,3 +315,148 @@ def test_resync_of_an_emergency_no_ack_reported_sends_it_again(
         play_at=int(local(23).timestamp()),
     )
     assert _resync(ctx, local(23, 5)) is None  # heard: never again
+
+
+# -- a claimed chunk ----------------------------------------------------------------------
+
+CHUNK_DEVICES = """\
+version: 1
+county: {code: "371521", name: 示例县}
+defaults:
+  quiet_hours: {start: "21:30", end: "06:30"}
+townships:
+  - id: east
+    name: 东城镇
+    villages:
+      - id: a
+        name: 刘庄村
+        endpoints: [{id: a-spk, kind: speaker, device_id: spk-a}]
+      - id: b
+        name: 王庄村
+        endpoints: [{id: b-spk, kind: speaker, device_id: spk-b}]
+      - id: c
+        name: 赵家村
+        quiet_hours: {start: "20:00", end: "07:00"}
+        endpoints: [{id: c-spk, kind: speaker, device_id: spk-c}]
+      - id: d
+        name: 李庄村
+        endpoints: [{id: d-spk, kind: speaker, device_id: spk-d}]
+"""
+
+
+@dataclass
+class ChunkPublisher:
+    """Accepts a chunk in one call, checking each command is in the store before it."""
+
+    store: Store
+    sent: list[tuple[str, bytes]] = field(default_factory=list)
+    unrecorded: list[str] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: bytes, *, timeout: float = 10.0) -> None:
+        raise AssertionError("a chunk must be published with publish_many")
+
+    def publish_many(self, items: list[tuple[str, bytes]], *, timeout: float = 10.0) -> list[bool]:
+        for topic, payload in items:
+            command = json.loads(payload)
+            rows = self.store.commands_for(command["delivery"])
+            if [r["id"] for r in rows] != [command["id"]] or rows[0]["published_at"]:
+                self.unrecorded.append(command["id"])
+            self.sent.append((topic, payload))
+        return [True] * len(items)
+
+
+def test_a_chunk_signs_each_distinct_play_once_and_publishes_what_send_would(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import channels.speaker as speaker_module
+    from channels.protocol import CommandSigner, encode
+    from channels.speaker import build_play_command
+
+    registry = Registry(RegistryFile.model_validate(yaml.safe_load(CHUNK_DEVICES)))
+    keyring = Keyring.init(settings.keys_dir)
+    store = Store(f"sqlite:///{settings.home / 'vc.sqlite'}")
+    notice = {
+        "title": "停水通知",
+        "body": "明天上午八点到十二点停水，请提前储水。",
+        "category": "village_affairs",
+        "targets": {"county": True},
+    }
+    _, deliveries = store.add_notice(
+        build_notice(notice), [PlannedDelivery(f"{v}-spk", "speaker", v, "east") for v in "abc"]
+    )
+    _, other = store.add_notice(  # another notice, whose clip is not made yet
+        build_notice({**notice, "body": "后天停电。"}),
+        [PlannedDelivery("d-spk", "speaker", "d", "east")],
+    )
+    deliveries += other
+    claims = store.claim([d.id for d in deliveries], worker="t", lease_seconds=30, max_attempts=3)
+    ctxs = [
+        DeliveryContext(
+            delivery_id=c.delivery.id,
+            attempt=1,
+            notice=c.notice,
+            endpoint=registry.endpoints[c.delivery.endpoint_id],
+            village_id=c.delivery.village_id,
+            registry=registry,
+            settings=settings,
+            store=store,
+        )
+        for c in claims
+    ]
+    _synthesize(ctxs[0])  # the first notice's clip only
+    signers: list[int] = []
+
+    class Counting(CommandSigner):
+        def __init__(self, **kw: Any) -> None:
+            signers.append(kw["expires_at"])
+            super().__init__(**kw)
+
+    monkeypatch.setattr(speaker_module, "CommandSigner", Counting)
+    now = local(19, 58)  # village c's quiet hours start at 20:00: its window differs
+    pub = ChunkPublisher(store)
+    results = SpeakerChannel(publisher=pub, clock=lambda: now).deliver_many(ctxs)
+    store.engine.dispose()
+
+    assert len(signers) == 2  # a and b share one play, c has its own
+    assert pub.unrecorded == []
+    assert [t for t, _ in pub.sent] == [f"vc/v1/dev/spk-{v}/cmd" for v in "abc"]
+    pending = results[3]
+    assert isinstance(pending, TransientError) and pending.code == "clip_pending"
+    for ctx, result, (_, payload) in zip(ctxs, results, pub.sent, strict=False):
+        endpoint = ctx.endpoint
+        assert isinstance(endpoint, SpeakerEndpoint) and not isinstance(result, Exception)
+        found = cached_clip(
+            settings, script=script_for(ctx.notice), voice=voice_for(registry, ctx.village_id)
+        )
+        assert found is not None
+        clip = found[0]
+        one, details = build_play_command(
+            notice=ctx.notice,
+            endpoint=endpoint,
+            registry=registry,
+            village_id=ctx.village_id,
+            delivery_id=ctx.delivery_id,
+            command_id=f"vc-{ctx.delivery_id}",
+            keyring=keyring,
+            settings=settings,
+            clip=clip,
+            now=now,
+        )
+        assert payload == encode(one)  # byte for byte what send() would publish
+        assert (result.external_ref, result.published) == (one.id, (one.id,))
+        assert result.details == details
+        _verified_for(payload, endpoint.device_id, keyring, now)
+    windows = [json.loads(p)["body"]["window_s"] for _, p in pub.sent]
+    assert windows[0] == windows[1] == MAX_WINDOW_SECONDS and windows[2] == 2 * 60
+
+
+def _verified_for(payload: bytes, device: str, keyring: Keyring, now: datetime) -> None:
+    command = verify_command(
+        payload,
+        device_id=device,
+        keyring=keyring.public_keys(),
+        now=int(now.timestamp()),
+        max_skew=300,
+        guard=ReplayGuard(),
+    )
+    assert not hasattr(command, "reason"), command

@@ -78,6 +78,65 @@ def test_claim_is_exclusive(store: Store) -> None:
     assert all(c.attempt == 1 for c in first)
 
 
+def test_added_and_claimed_views_are_what_the_store_holds(store: Store) -> None:
+    """add_notice and claim build their views from the values they wrote (batched Core
+    statements, no ORM objects): they must equal the rows read back."""
+    _, added = store.add_notice(build_notice(_notice()), PLANS, now=T0)
+    assert added == store.deliveries(ids=[d.id for d in added])
+    with store.session() as s:  # SQL NULL, not the JSON text 'null'
+        assert s.scalar(text("SELECT count(*) FROM deliveries WHERE details IS NULL")) == 3
+    claims = store.claim(
+        [d.id for d in added], worker="w1", lease_seconds=5, max_attempts=3, now=T0
+    )
+    assert [c.delivery for c in claims] == store.deliveries(ids=[d.id for d in added[:2]])
+    assert len({c.token for c in claims}) == 2 and all(c.token.startswith("w1:") for c in claims)
+    for c in claims:
+        (attempt,) = store.attempts(c.delivery.id)
+        assert (attempt["number"], attempt["worker"]) == (1, c.token)
+        assert (attempt["started_at"], attempt["finished_at"]) == (T0, None)
+    # A second attempt gets a new token and ledger row; the first one's stays as it was.
+    store.finish(claims[0], Outcome("retry", tr("忙", "busy")), max_attempts=3, now=T0)
+    (again,) = store.claim(
+        [claims[0].delivery.id], worker="w1", lease_seconds=5, max_attempts=3, now=T0
+    )
+    assert again.attempt == 2 and again.token != claims[0].token
+    ledger = store.attempts(again.delivery.id)
+    assert [(a["number"], a["worker"], a["outcome"]) for a in ledger] == [
+        (1, claims[0].token, "retry"),
+        (2, again.token, None),
+    ]
+
+
+def test_claim_ends_what_may_no_longer_go_out(store: Store) -> None:
+    soon = T0 + timedelta(minutes=5)
+    _, (expiring,) = store.add_notice(build_notice(_notice(expires_at=soon)), PLANS[:1], now=T0)
+    _, (withdrawn,) = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
+    _, (retried, due) = store.add_notice(build_notice(_notice()), PLANS[:2], now=T0)
+    (c,) = store.claim([retried.id], worker="w", lease_seconds=5, max_attempts=3, now=T0)
+    store.finish(c, Outcome("retry", tr("忙", "busy")), max_attempts=3, now=T0)
+    with store.session() as s:  # withdrawn under a delivery that was already rung
+        s.execute(
+            text("UPDATE notices SET state = 'withdrawn' WHERE id = :n"),
+            {"n": withdrawn.notice_id},
+        )
+    ids = [expiring.id, withdrawn.id, retried.id, due.id]
+    (claim,) = store.claim(ids, worker="w", lease_seconds=5, max_attempts=1, now=soon)
+    assert claim.delivery.id == due.id
+    rows = {d.id: d for d in store.deliveries(ids=ids)}
+    ended = {
+        i: (rows[i].status, rows[i].error_code, rows[i].error_en)
+        for i in (expiring.id, withdrawn.id, retried.id)
+    }
+    assert ended == {
+        expiring.id: ("expired", None, "the notice expired before it went out"),
+        withdrawn.id: ("cancelled", None, "the notice was withdrawn"),
+        retried.id: ("failed", "attempts_exhausted", "gave up after 1 attempts"),
+    }
+    assert rows[retried.id].error_zh == "已尝试 1 次仍未成功，已停止重试"
+    assert all(rows[i].finished_at == soon and rows[i].updated_at == soon for i in ended)
+    assert [len(store.attempts(i)) for i in ids] == [0, 0, 1, 1]
+
+
 def test_outcome_from_an_expired_lease_changes_nothing(store: Store) -> None:
     _, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)
     (old,) = store.claim([ds[0].id], worker="w1", lease_seconds=5, max_attempts=3, now=T0)
