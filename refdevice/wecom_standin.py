@@ -185,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: workers that send to many robots at once open
+    # more connections than that together, and a full backlog drops them on the floor.
+    request_queue_size = 128
     standin: WecomStandin
     conns: set[socket.socket]
 
