@@ -9,6 +9,7 @@ import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, cast
 
 from channels.base import ContentError
@@ -209,6 +210,19 @@ def _head(notice: NoticeView, style: _Style, *, mark: str, first: bool, village:
     return "\n".join(lines)
 
 
+@lru_cache(maxsize=64)
+def _split_rendered(body: str, *, markdown: bool, room: int) -> tuple[str, ...]:
+    """The body's parts, rendered, each at most ``room`` bytes. Kept for the next group: a
+    county-wide notice is the same body for every village, and village names come in a few
+    byte lengths."""
+    render = _links if markdown else (lambda t: t)
+
+    def fits(chunk: str) -> bool:
+        return utf8_len(render(chunk.strip("\n"))) <= room
+
+    return tuple(render(c) for c in split_by_bytes(body, fits))
+
+
 def _mark(i: int, n: int) -> str:
     return f"（{i}/{n}）" if n > 1 else ""
 
@@ -232,17 +246,12 @@ def render_notice(
     attach = table is not None and not as_v2_table
     if attach:
         body += f"\n\n（明细表见附件《{_file_name(notice.title)}》）"
-    render = _links if style.markdown else (lambda t: t)
     # Room for the longest head any part can get (the first, with a two-digit part mark).
     room = style.limit - utf8_len(
         _head(notice, style, mark="（99/99）", first=True, village=village)
     )
     room -= 2  # the blank line between head and text
-
-    def fits(chunk: str) -> bool:
-        return utf8_len(render(chunk.strip("\n"))) <= room
-
-    chunks = [render(c) for c in split_by_bytes(body, fits)]
+    chunks = list(_split_rendered(body, markdown=style.markdown, room=room))
     if as_v2_table:
         assert table is not None
         chunks = _with_table(chunks, table, room)
