@@ -4,8 +4,10 @@ Features
     formats       ``markdown`` (default): title, category and priority in colour, publish time,
                   bare addresses as links; ``text`` where the endpoint says ``format: text``;
                   a notice's table as a ``markdown_v2`` table where the endpoint allows it
-                  (``markdown_v2: true``), otherwise as a CSV attachment (``upload_media``
-                  type ``file``, UTF-8 with BOM) sent after the text
+                  (``markdown_v2: true``), otherwise as an attachment (``upload_media`` type
+                  ``file``) sent after the text: CSV (UTF-8 with BOM; default) or, with
+                  ``attachment: pdf``, the notice's A4 disclosure-board poster with the table
+                  (channels/_poster.py, CJK font embedded)
     byte limits   ``text.content`` 2,048 bytes, ``markdown(_v2).content`` 4,096 bytes (UTF-8):
                   longer notices are split at sentence ends, each part marked (1/3) ... and
                   sent in order; files 5 bytes to 20 MB; voice AMR, 2 MB, 60 s
@@ -20,16 +22,22 @@ Features
     ordering      one delivery at a time per robot: a send lock in ``kv_entries`` owned by the
                   delivery, held while its parts go out and across its own reschedules, so
                   parts of two notices never interleave in one group
+    chunks        a task's deliveries (25) are claimed together and sent in rounds: one write
+                  transaction per round records the last answers and reserves every ready
+                  robot's next message, then those requests go out side by side (a thread
+                  pool, ``parallel`` robots at once); one robot's deliveries go one after
+                  the other
     acks          none: errcode 0 means WeCom posted it in the group, so the delivery ends
                   ``delivered`` (nothing else would ever confirm it)
     idempotency   ``send_parts``: an accepted part is never sent again; see "Unknown outcome"
     recall        robots cannot delete: a withdrawal message ("此前发布的通知已撤回") names the
                   notice and its time, through the same limiter, lock and ledger
     config keys   devices.yaml ``kind: wecom_group``, ``webhook_key_env`` (the variable holding
-                  the key, never the key), ``format``, ``markdown_v2``, ``voice``; settings
-                  ``wecom_base_url`` (VILLAGECAST_WECOM_BASE_URL), ``wecom_rate_per_minute``,
-                  ``wecom_rate_window_seconds``, ``wecom_max_wait_seconds``,
-                  ``http_timeout_seconds``, ``tts_mode``
+                  the key, never the key), ``format``, ``markdown_v2``, ``attachment``, ``voice``;
+                  settings ``wecom_base_url`` (VILLAGECAST_WECOM_BASE_URL),
+                  ``wecom_rate_per_minute``, ``wecom_rate_window_seconds``,
+                  ``wecom_max_wait_seconds``, ``http_timeout_seconds``, ``tts_mode``,
+                  ``poster_font``
 
 Pacing: wait briefly, else reschedule
     When a robot's window is full (or another delivery holds its lock), the worker sleeps if
@@ -366,6 +374,31 @@ def _shared_client() -> httpx.Client:
         return client
 
 
+_PDFS: dict[tuple[object, ...], bytes] = {}
+
+
+def _table_pdf(ctx: DeliveryContext, village: str | None) -> bytes:
+    """The notice with its table as the disclosure-board poster (channels/_poster.py: A4,
+    CJK font embedded, table paged with its header), the PDF a group gets as an attachment.
+    The last few are kept: a worker sends one notice to many groups."""
+    from channels._poster import PosterContent, find_font, render_poster
+
+    n, font = ctx.notice, ctx.settings.poster_font
+    key = (n.id, n.revision, n.state, village, font)
+    data = _PDFS.get(key)
+    if data is None:
+        registry = ctx.registry
+        township_id = registry.village_township.get(ctx.village_id or "")
+        township = registry.townships[township_id].name if township_id else ""
+        region = f"{registry.doc.county.name}{township}"
+        content = PosterContent(notice=n, place=village or region, region=region)
+        data = render_poster(content, font=find_font(font)).data
+        if len(_PDFS) >= 16:
+            _PDFS.pop(next(iter(_PDFS)))
+        _PDFS[key] = data
+    return data
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -448,7 +481,12 @@ class WecomGroupChannel(Channel):
         endpoint = self._endpoint(ctx)
         village = ctx.registry.village_name(ctx.village_id) if ctx.village_id else None
         messages = render_notice(
-            ctx.notice, fmt=endpoint.format, markdown_v2=endpoint.markdown_v2, village=village
+            ctx.notice,
+            fmt=endpoint.format,
+            markdown_v2=endpoint.markdown_v2,
+            village=village,
+            attachment=endpoint.attachment,
+            pdf=partial(_table_pdf, ctx, village),
         )
         details: dict[str, Any] = {}
         if endpoint.voice:

@@ -103,6 +103,9 @@ class WecomGroupEndpoint(_EndpointBase):
     webhook_key_env: EnvVarName
     format: Literal["markdown", "text"] = "markdown"
     markdown_v2: bool = False
+    attachment: Literal["csv", "pdf"] = "csv"
+    """A table the group cannot get as ``markdown_v2`` goes as this file: CSV (opens in
+    Excel) or PDF (the notice as its disclosure-board poster, for phones)."""
     voice: bool = False
 
 
