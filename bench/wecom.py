@@ -1,6 +1,6 @@
 """WeCom webhook adapter vs a bare httpx POST loop of the same payloads, against the stand-in.
 
-    python bench/wecom.py [--quick] [--groups 200] [--runs 5] [--json FILE]
+    python bench/wecom.py [--quick] [--groups 200] [--runs 5] [--latency MS] [--json FILE]
 
 The stand-in (refdevice/wecom_standin.py) runs in a separate process on loopback with its
 limit raised out of the way. For each run, one notice to N groups (N robots), in one SQLite
@@ -20,6 +20,8 @@ store (WAL, as a worker runs it):
   threads as the channel uses. The adapter's ratio to it is its own overhead.
 
 Two notices: a short one (one markdown message) and a long one (three parts).
+``--latency 30`` makes the stand-in answer each request after 30 ms, about WeCom's round
+trip from a county office, where sending robots side by side is what counts.
 """
 
 from __future__ import annotations
@@ -51,10 +53,10 @@ NOTICES = {
 }
 
 
-def _serve(keys: list[str], port_out: Any, stop: Any) -> None:
+def _serve(keys: list[str], port_out: Any, stop: Any, latency: float) -> None:
     from refdevice.wecom_standin import WecomStandin
 
-    with WecomStandin(rate=10**9, window=60.0) as standin:
+    with WecomStandin(rate=10**9, window=60.0, latency=latency) as standin:
         for key in keys:
             standin.add_key(key)
         port_out.put(standin.base_url)
@@ -62,10 +64,10 @@ def _serve(keys: list[str], port_out: Any, stop: Any) -> None:
 
 
 @contextmanager
-def _standin(keys: list[str]) -> Iterator[str]:
+def _standin(keys: list[str], latency: float = 0.0) -> Iterator[str]:
     ctx = multiprocessing.get_context("spawn")
     port_out, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=_serve, args=(keys, port_out, stop), daemon=True)
+    proc = ctx.Process(target=_serve, args=(keys, port_out, stop, latency), daemon=True)
     proc.start()
     try:
         yield str(port_out.get(timeout=60))
@@ -234,7 +236,11 @@ class _Bench:
 
 
 def wecom_rows(
-    *, quick: bool = False, groups: int | None = None, runs: int | None = None
+    *,
+    quick: bool = False,
+    groups: int | None = None,
+    runs: int | None = None,
+    latency_ms: float = 0.0,
 ) -> list[Row]:
     groups = groups or (50 if quick else 200)
     runs = runs or (3 if quick else 5)
@@ -245,7 +251,7 @@ def wecom_rows(
     from channels.wecom_group import WecomGroupChannel
 
     try:
-        with _standin(keys) as base_url:
+        with _standin(keys, latency_ms / 1000) as base_url:
             bench = _Bench(groups, base_url, keys, home)
             bench.bare(NOTICES["1 part"])  # warm the stand-in, the store and the client
             bench.bare_side_by_side(NOTICES["1 part"])
@@ -262,10 +268,11 @@ def wecom_rows(
                 base = statistics.median(bare) * 1000 / groups
                 side_base = statistics.median(side) * 1000 / groups
                 ms = statistics.median(ours) * 1000 / groups
+                rtt = f", answers after {latency_ms:g} ms" if latency_ms else ""
                 rows += [
                     Row(
-                        f"WeCom adapter (worker path), {groups} groups, {label}, limiter off "
-                        "(ms/group)",
+                        f"WeCom adapter (worker path), {groups} groups, {label}{rtt}, "
+                        "limiter off (ms/group)",
                         ms,
                         "ms",
                         "bare httpx POST loop, same payloads",
@@ -307,9 +314,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--groups", type=int)
     parser.add_argument("--runs", type=int)
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="ms the stand-in waits before each answer"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    rows = wecom_rows(quick=args.quick, groups=args.groups, runs=args.runs)
+    rows = wecom_rows(quick=args.quick, groups=args.groups, runs=args.runs, latency_ms=args.latency)
     for r in rows:
         print(
             f"{r.what:<62} {r.value:8.2f} {r.unit}  {r.baseline:8.2f} {r.unit}  "

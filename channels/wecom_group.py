@@ -434,8 +434,8 @@ class WecomGroupChannel(Channel):
     # claim together: the ledger keeps an accepted part from going twice, and a chunk's
     # waits are bounded as one delivery's were (a quarter lease at most).
     claim_chunk: ClassVar[int] = 25
-    parallel: ClassVar[int] = 16
-    """Robots sent to at once from one worker process."""
+    parallel: ClassVar[int] = 25
+    """Robots sent to at once from one worker process (a whole chunk)."""
 
     def __init__(
         self,

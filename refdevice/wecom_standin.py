@@ -208,8 +208,18 @@ class _Server(ThreadingHTTPServer):
 class WecomStandin:
     """The stand-in server; use as a context manager or call start() and stop()."""
 
-    def __init__(self, *, rate: int = 20, window: float = 60.0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        rate: int = 20,
+        window: float = 60.0,
+        host: str = "127.0.0.1",
+        latency: float = 0.0,
+    ) -> None:
         self.rate = rate
+        self.latency = latency
+        """Seconds every answer waits (after the request is handled): WeCom's round trip
+        from a county office, for benchmarks; 0 on loopback."""
         self.window = window
         self.host = host
         self._state = _State()
@@ -322,7 +332,7 @@ class WecomStandin:
                 status, payload, _ = self._upload(key, query, body, headers, now)
             else:
                 status, payload, _ = self._send(key, body, now)
-            return status, payload, fault.delay if fault is not None else 0.0
+            return status, payload, max(self.latency, fault.delay if fault is not None else 0.0)
 
     def _record(
         self,
