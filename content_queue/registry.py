@@ -268,6 +268,9 @@ class OfficialAccountEndpoint(_EndpointBase):
     """Author shown on articles (WeChat allows 16 characters)."""
     covers_townships: list[Ident] = Field(default_factory=list)
     covers_villages: list[Ident] = Field(default_factory=list)
+    event_token_env: EnvVarName | None = None
+    """The variable holding the token of the account's server configuration (服务器配置):
+    WeChat then pushes publish results to ``/wechat/events/<id>`` (channels/_oa_events.py)."""
 
     @model_validator(mode="after")
     def _tags_need_mass_send(self) -> OfficialAccountEndpoint:
