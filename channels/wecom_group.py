@@ -312,6 +312,9 @@ class _Writes:
         if self.calls:
             s.flush()  # ORM writes first: the Core statements that follow read their rows
         release_locks_in(s, self.releases, now=now)
+
+    def clear(self) -> None:
+        """After the transaction that flushed them committed."""
         self.accepted.clear()
         self.retimed.clear()
         self.releases.clear()
@@ -607,15 +610,36 @@ class WecomGroupChannel(Channel):
         known = parts_of_many(store, [j.ctx.delivery_id for j in jobs])
         limiter = RateLimiter(settings.wecom_rate_per_minute, settings.wecom_rate_window_seconds)
         writes = _Writes(limiter)
-        runs: list[_Run] = []
-        for job in jobs:
-            runs.append(run := self._start(job, known[job.ctx.delivery_id], writes))
+        runs = [self._start(job, known[job.ctx.delivery_id], writes) for job in jobs]
         queues: dict[str, deque[_Run]] = {}
         for run in runs:
             if run.result is None:
                 queues.setdefault(run.job.robot, deque()).append(run)
         budget = min(settings.wecom_max_wait_seconds, settings.lease_seconds / 4)
         deadline = time.monotonic() + budget
+        try:
+            self._rounds(queues, writes, store=store, limiter=limiter, deadline=deadline)
+        except BaseException:
+            # What came back must outlive a round that failed (the store, a worker shutting
+            # down): an accepted part left `sending` would be an unknown outcome on retry.
+            if writes:
+                with contextlib.suppress(Exception):
+                    self._transact(store, writes, set(), lambda s, now: [])
+            raise
+        if writes:
+            self._transact(store, writes, set(), lambda s, now: [])
+        return [r.result if r.result is not None else 0 for r in runs]
+
+    def _rounds(
+        self,
+        queues: dict[str, deque[_Run]],
+        writes: _Writes,
+        *,
+        store: Store,
+        limiter: RateLimiter,
+        deadline: float,
+    ) -> None:
+        """The rounds of :meth:`_run_many`, until every robot's queue is done."""
         while queues:
             heads = [q[0] for q in queues.values()]
             clock = time.monotonic()
@@ -664,9 +688,6 @@ class WecomGroupChannel(Channel):
                     queue.popleft()
                 if not queue:
                     del queues[robot]
-        if writes:
-            self._transact(store, writes, set(), lambda s, now: [])
-        return [r.result if r.result is not None else 0 for r in runs]
 
     def _start(self, job: _Job, done: Mapping[str, PartRecord], writes: _Writes) -> _Run:
         """What is left of a delivery, from its ledger; ends it at once when nothing is
@@ -759,7 +780,9 @@ class WecomGroupChannel(Channel):
             if writes.touches_locks and s.get_bind().dialect.name == "postgresql":
                 lock_rows_in(s, writes.keys | keys, now=now)
             writes.flush(s, now)
-            return action(s, now)
+            result = action(s, now)
+        writes.clear()
+        return result
 
     def _reserve(
         self,

@@ -8,9 +8,11 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from channels.base import get_channel
 from channels.wecom_group import WecomGroupChannel, _close_clients, robot_id
 from content_queue.models import build_notice
 from content_queue.part_ledger import parts_of
@@ -204,3 +206,30 @@ def test_the_limiter_paces_a_chunk_and_no_robot_goes_over(
         posted = county.server.posted(key)
         assert len(posted) == 4
         assert max_in_window([p.at for p in posted], 1.0) <= 3
+
+
+def test_a_failure_between_rounds_still_records_what_was_accepted(
+    county: County, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = get_channel("wecom_group")
+    assert isinstance(channel, WecomGroupChannel)
+    real = channel._reserve
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second round's transaction: the store went away
+            raise RuntimeError("the database is gone")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(channel, "_reserve", flaky)
+    ids = county.notice("两段通知", parts=2)
+    results = county.run(ids)
+    assert set(results.values()) == {"pending"}  # an internal error: retried later
+    # Round 1 sent part 1 of each robot's first delivery (the second waits its turn): it is
+    # on record as accepted, so the retry will not send it again.
+    first = {d.id for d in county.store.deliveries(ids=ids) if int(d.endpoint_id[1:3]) % 2 == 0}
+    for d in ids:
+        statuses = {k: p.status for k, p in parts_of(county.store, d).items()}
+        assert statuses == ({"part:1": "accepted"} if d in first else {}), d
+    assert len(county.server.posted()) == ROBOTS
