@@ -1,5 +1,6 @@
 """A notice as WeCom group-robot messages: markdown or text parts that fit the byte limits,
-a markdown_v2 table or a CSV attachment, and the @all reminder of emergencies. Pure: no I/O.
+a markdown_v2 table or a CSV or PDF attachment, and the @all reminder of emergencies. Pure: no
+I/O (a PDF comes from the caller's renderer).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, cast
 
 from channels.base import ContentError
@@ -21,6 +23,7 @@ __all__ = [
     "FILE_MIN_BYTES",
     "MARKDOWN_MAX_BYTES",
     "TEXT_MAX_BYTES",
+    "Attachment",
     "Message",
     "MsgType",
     "Upload",
@@ -40,6 +43,7 @@ FILE_MIN_BYTES = 5
 """upload_media refuses files of 5 bytes or less and above 20 MB."""
 
 MsgType = Literal["text", "markdown", "markdown_v2", "file", "voice"]
+Attachment = Literal["csv", "pdf"]
 
 # Sentence ends (Chinese and ASCII), with closing quotes or brackets that belong to them.
 _SENTENCE = re.compile(r"[^。！？!?；;\n]*(?:[。！？!?；;]+[”’」』）)\]]*|\n+|$)")
@@ -173,9 +177,9 @@ def csv_bytes(table: dict[str, Any]) -> bytes:
     return b"\xef\xbb\xbf" + buf.getvalue().encode("utf-8")
 
 
-def _file_name(title: str) -> str:
+def _file_name(title: str, attachment: Attachment = "csv") -> str:
     safe = re.sub(r'[\\/:*?"<>|\s]+', "_", title).strip("_") or "table"
-    return f"{safe[:60]}.csv"
+    return f"{safe[:60]}.{attachment}"
 
 
 @dataclass
@@ -209,6 +213,19 @@ def _head(notice: NoticeView, style: _Style, *, mark: str, first: bool, village:
     return "\n".join(lines)
 
 
+@lru_cache(maxsize=64)
+def _split_rendered(body: str, *, markdown: bool, room: int) -> tuple[str, ...]:
+    """The body's parts, rendered, each at most ``room`` bytes. Kept for the next group: a
+    county-wide notice is the same body for every village, and village names come in a few
+    byte lengths."""
+    render = _links if markdown else (lambda t: t)
+
+    def fits(chunk: str) -> bool:
+        return utf8_len(render(chunk.strip("\n"))) <= room
+
+    return tuple(render(c) for c in split_by_bytes(body, fits))
+
+
 def _mark(i: int, n: int) -> str:
     return f"（{i}/{n}）" if n > 1 else ""
 
@@ -219,9 +236,12 @@ def render_notice(
     fmt: Literal["markdown", "text"],
     markdown_v2: bool,
     village: str | None = None,
+    attachment: Attachment = "csv",
+    pdf: Callable[[], bytes] | None = None,
 ) -> list[Message]:
-    """The written messages of a notice, in sending order: parts, then a CSV attachment,
-    then (emergencies in markdown) a text that mentions @all."""
+    """The written messages of a notice, in sending order: parts, then the table as a file
+    (CSV, or PDF made by ``pdf`` when it is needed), then (emergencies in markdown) a text
+    that mentions @all."""
     table = notice.table if notice.table and notice.table.get("columns") else None
     as_v2_table = table is not None and fmt == "markdown" and markdown_v2
     if fmt == "text":
@@ -231,18 +251,13 @@ def render_notice(
     body = notice.body.strip()
     attach = table is not None and not as_v2_table
     if attach:
-        body += f"\n\n（明细表见附件《{_file_name(notice.title)}》）"
-    render = _links if style.markdown else (lambda t: t)
+        body += f"\n\n（明细表见附件《{_file_name(notice.title, attachment)}》）"
     # Room for the longest head any part can get (the first, with a two-digit part mark).
     room = style.limit - utf8_len(
         _head(notice, style, mark="（99/99）", first=True, village=village)
     )
     room -= 2  # the blank line between head and text
-
-    def fits(chunk: str) -> bool:
-        return utf8_len(render(chunk.strip("\n"))) <= room
-
-    chunks = [render(c) for c in split_by_bytes(body, fits)]
+    chunks = list(_split_rendered(body, markdown=style.markdown, room=room))
     if as_v2_table:
         assert table is not None
         chunks = _with_table(chunks, table, room)
@@ -270,13 +285,18 @@ def render_notice(
         messages.append(Message(f"part:{i}", style.msgtype, payload))
     if attach:
         assert table is not None
-        data = csv_bytes(table)
+        if attachment == "pdf":
+            if pdf is None:
+                raise ValueError("a PDF attachment needs its renderer")
+            data = pdf()
+        else:
+            data = csv_bytes(table)
         if len(data) > FILE_MAX_BYTES:
             raise ContentError(
                 tr("表格超过企业微信附件 20 MB 上限", "the table exceeds WeCom's 20 MB file limit"),
                 code="too_long",
             )
-        upload = Upload("file", _file_name(notice.title), data)
+        upload = Upload("file", _file_name(notice.title, attachment), data)
         messages.append(Message("file:table", "file", upload=upload))
     if style.markdown and notice.priority == "emergency":
         messages.append(mention_all(notice.title))

@@ -14,7 +14,8 @@ Features
                   details), ``failed`` with the reason for publish_status 2-6. mass send:
                   ``sent`` when the send was taken (external_ref = msg_id), ``delivered`` when
                   ``message/mass/get`` says SEND_SUCCESS. :func:`poll_official_account_publishes`
-                  follows both, with backoff; the sweeper calls it.
+                  follows both, with backoff; the sweeper calls it. Where the account pushes
+                  events (``event_token_env``), PUBLISHJOBFINISH settles it at once.
     quota         mass_send only. subscription: one send a day; service: four a month per
                   follower (counted per village tag). A routine notice goes out on its own
                   while more than one send is left in the period, otherwise it is held
@@ -37,7 +38,8 @@ Features
                   publish records rather than publish twice.
     config keys   devices.yaml ``official_accounts``: ``app_id``, ``app_secret_env``, ``mode``,
                   ``account_type``, ``village_tags``, ``digest_time``, ``author``,
-                  ``covers_townships``, ``covers_villages``; settings ``wechat_base_url``,
+                  ``covers_townships``, ``covers_villages``, ``event_token_env`` (publish
+                  results pushed by WeChat: channels/_oa_events.py); settings ``wechat_base_url``,
                   ``http_timeout_seconds``, ``retry_base_seconds`` / ``retry_cap_seconds``
                   (poll backoff)
 
@@ -631,22 +633,7 @@ class OfficialAccountChannel(Channel):
         res = api.call(
             lambda: client.freepublish.get(publish_id), step=_S_STATUS, need="publish_status"
         )
-        status = int(res["publish_status"])
-        name, text = PUBLISH_STATUS.get(
-            status, ("unknown", tr("未知的发表状态 {s}", "unknown publish status {s}", s=status))
-        )
-        details: dict[str, Any] = {"publish_status": name}
-        if status == 0:
-            details["article_id"] = res.get("article_id")
-            items = (res.get("article_detail") or {}).get("item") or []
-            details["article_url"] = items[0].get("article_url") if items else None
-            return Check("delivered", details)
-        if status == 1:
-            return Check("sent", details)
-        if res.get("fail_idx"):
-            details["fail_idx"] = res["fail_idx"]
-        why = tr("公众号 {ep}：{why}", "official account {ep}: {why}", ep=api.ep.id, why=text)
-        return Check("failed", details, why, f"publish_status_{status}")
+        return publish_check(res, endpoint_id=api.ep.id)
 
     # -- recall ------------------------------------------------------------------------------
 
@@ -738,6 +725,27 @@ class OfficialAccountChannel(Channel):
         if not publish_id:
             return Check("sent", {})
         return self.check_publish(api, str(publish_id))
+
+
+def publish_check(res: dict[str, Any], *, endpoint_id: str) -> Check:
+    """Where a submitted article stands, from ``freepublish/get``'s answer or the fields of a
+    ``PUBLISHJOBFINISH`` event (channels/_oa_events.py): the same mapping for both."""
+    status = int(res["publish_status"])
+    name, text = PUBLISH_STATUS.get(
+        status, ("unknown", tr("未知的发表状态 {s}", "unknown publish status {s}", s=status))
+    )
+    details: dict[str, Any] = {"publish_status": name}
+    if status == 0:
+        details["article_id"] = res.get("article_id")
+        items = (res.get("article_detail") or {}).get("item") or []
+        details["article_url"] = items[0].get("article_url") if items else None
+        return Check("delivered", details)
+    if status == 1:
+        return Check("sent", details)
+    if res.get("fail_idx"):
+        details["fail_idx"] = res["fail_idx"]
+    why = tr("公众号 {ep}：{why}", "official account {ep}: {why}", ep=endpoint_id, why=text)
+    return Check("failed", details, why, f"publish_status_{status}")
 
 
 # -- the poller --------------------------------------------------------------------------------

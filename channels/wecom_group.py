@@ -4,8 +4,10 @@ Features
     formats       ``markdown`` (default): title, category and priority in colour, publish time,
                   bare addresses as links; ``text`` where the endpoint says ``format: text``;
                   a notice's table as a ``markdown_v2`` table where the endpoint allows it
-                  (``markdown_v2: true``), otherwise as a CSV attachment (``upload_media``
-                  type ``file``, UTF-8 with BOM) sent after the text
+                  (``markdown_v2: true``), otherwise as an attachment (``upload_media`` type
+                  ``file``) sent after the text: CSV (UTF-8 with BOM; default) or, with
+                  ``attachment: pdf``, the notice's A4 disclosure-board poster with the table
+                  (channels/_poster.py, CJK font embedded)
     byte limits   ``text.content`` 2,048 bytes, ``markdown(_v2).content`` 4,096 bytes (UTF-8):
                   longer notices are split at sentence ends, each part marked (1/3) ... and
                   sent in order; files 5 bytes to 20 MB; voice AMR, 2 MB, 60 s
@@ -20,16 +22,22 @@ Features
     ordering      one delivery at a time per robot: a send lock in ``kv_entries`` owned by the
                   delivery, held while its parts go out and across its own reschedules, so
                   parts of two notices never interleave in one group
+    chunks        a task's deliveries (25) are claimed together and sent in rounds: one write
+                  transaction per round records the last answers and reserves every ready
+                  robot's next message, then those requests go out side by side (a thread
+                  pool, ``parallel`` robots at once); one robot's deliveries go one after
+                  the other
     acks          none: errcode 0 means WeCom posted it in the group, so the delivery ends
                   ``delivered`` (nothing else would ever confirm it)
     idempotency   ``send_parts``: an accepted part is never sent again; see "Unknown outcome"
     recall        robots cannot delete: a withdrawal message ("此前发布的通知已撤回") names the
                   notice and its time, through the same limiter, lock and ledger
     config keys   devices.yaml ``kind: wecom_group``, ``webhook_key_env`` (the variable holding
-                  the key, never the key), ``format``, ``markdown_v2``, ``voice``; settings
-                  ``wecom_base_url`` (VILLAGECAST_WECOM_BASE_URL), ``wecom_rate_per_minute``,
-                  ``wecom_rate_window_seconds``, ``wecom_max_wait_seconds``,
-                  ``http_timeout_seconds``, ``tts_mode``
+                  the key, never the key), ``format``, ``markdown_v2``, ``attachment``, ``voice``;
+                  settings ``wecom_base_url`` (VILLAGECAST_WECOM_BASE_URL),
+                  ``wecom_rate_per_minute``, ``wecom_rate_window_seconds``,
+                  ``wecom_max_wait_seconds``, ``http_timeout_seconds``, ``tts_mode``,
+                  ``poster_font``
 
 Pacing: wait briefly, else reschedule
     When a robot's window is full (or another delivery holds its lock), the worker sleeps if
@@ -69,10 +77,13 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from functools import partial
+from typing import Any, ClassVar, Literal, TypeVar
 
 import httpx
 from sqlalchemy.orm import Session
@@ -97,11 +108,28 @@ from channels.base import (
 )
 from content_queue.errors import ConfigError
 from content_queue.i18n import Text, tr
-from content_queue.part_ledger import PartStatus, mark_finished_in, mark_sending_in, parts_of
+from content_queue.part_ledger import (
+    PartRecord,
+    PartStatus,
+    mark_accepted_many_in,
+    mark_finished_in,
+    mark_sending_many_in,
+    parts_of,
+    parts_of_many,
+)
 from content_queue.redact import redact
 from content_queue.registry import EndpointKind, WecomGroupEndpoint
 from content_queue.settings import Settings
-from content_queue.shared_limits import RateLimiter, acquire_lock_in, release_lock_in
+from content_queue.shared_limits import (
+    LockRequest,
+    RateLimiter,
+    acquire_lock_in,
+    acquire_locks_in,
+    lock_rows_in,
+    release_lock_in,
+    release_locks_in,
+)
+from content_queue.store import Store
 
 __all__ = ["ERRCODES", "WecomGroupChannel", "explain_errcode", "robot_id"]
 
@@ -217,6 +245,95 @@ class _Job:
         return f"wecom:{self.robot}"
 
 
+_T = TypeVar("_T")
+_Write = Callable[[Session, datetime], object]
+
+
+@dataclass
+class _Run:
+    """One delivery's progress through :meth:`WecomGroupChannel._run_many`."""
+
+    job: _Job
+    pending: list[tuple[int, Message]]
+    """(seq, message) not yet accepted, in order."""
+    started_any: bool
+    """Some part of it is in the group (from an earlier attempt or this one)."""
+    index: int = 0
+    sent: int = 0
+    not_before: float = 0.0
+    """Monotonic time before which its next reservation is not tried (a short wait)."""
+    media_id: str | None = None
+    """The current message's upload, done (kept across a short wait)."""
+    reserved_at: datetime | None = None
+    """When the current message's rate slot was taken (its event's time)."""
+    result: int | BaseException | None = None
+
+    @property
+    def message(self) -> Message:
+        return self.pending[self.index][1]
+
+
+@dataclass
+class _Writes:
+    """What a round's requests came back with, written at the start of the next
+    transaction (the one reserving the next parts, or the last one): a commit per round,
+    not per message."""
+
+    limiter: RateLimiter
+    accepted: list[tuple[int, str, int, str | None]] = field(default_factory=list)
+    retimed: list[tuple[str, datetime, datetime]] = field(default_factory=list)
+    """Rate events moved to when their answer came (content_queue.shared_limits, "Time")."""
+    releases: list[tuple[str, str]] = field(default_factory=list)
+    calls: list[_Write] = field(default_factory=list)
+    """The rare writes (failures, an unknown outcome), in order."""
+    call_keys: set[str] = field(default_factory=set)
+
+    def call(self, lock_key: str, write: _Write) -> None:
+        self.calls.append(write)
+        self.call_keys.add(lock_key)
+
+    @property
+    def keys(self) -> set[str]:
+        """The kv rows these writes touch."""
+        return self.call_keys | {k for k, _ in self.releases}
+
+    @property
+    def touches_locks(self) -> bool:
+        return bool(self.calls or self.releases)
+
+    def __bool__(self) -> bool:
+        return bool(self.accepted or self.touches_locks)
+
+    def flush(self, s: Session, now: datetime) -> None:
+        mark_accepted_many_in(s, self.accepted, now=now)
+        self.limiter.retime_in(s, self.retimed)
+        for write in self.calls:
+            write(s, now)
+        if self.calls:
+            s.flush()  # ORM writes first: the Core statements that follow read their rows
+        release_locks_in(s, self.releases, now=now)
+
+    def clear(self) -> None:
+        """After the transaction that flushed them committed."""
+        self.accepted.clear()
+        self.retimed.clear()
+        self.releases.clear()
+        self.calls.clear()
+        self.call_keys.clear()
+
+
+def _round_keys(runs: Sequence[_Run], limiter: RateLimiter) -> set[str]:
+    """The kv rows a round's reservations touch: the robots' locks and limiter guards."""
+    keys = {r.job.lock_key for r in runs}
+    if limiter.enabled:
+        keys |= {limiter.guard_key(r.job.rate_key) for r in runs}
+    return keys
+
+
+_NOT_YET = RuntimeError("not sent")
+"""A placeholder in :meth:`WecomGroupChannel.send_many`'s results, always replaced."""
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 _CLIENTS: dict[int, httpx.Client] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -227,6 +344,21 @@ def _close_clients() -> None:
         for client in _CLIENTS.values():
             client.close()
         _CLIENTS.clear()
+        for pool in _POOLS.values():
+            pool.shutdown(wait=False)
+        _POOLS.clear()
+
+
+def _shared_pool(size: int) -> ThreadPoolExecutor:
+    """The threads that send to several robots at once; one pool per process (as the
+    client). Requests wait on the network, not the GIL."""
+    pid = os.getpid()
+    with _CLIENTS_LOCK:
+        pool = _POOLS.get(pid)
+        if pool is None:
+            _POOLS.clear()  # a pool's threads do not survive a fork
+            pool = _POOLS[pid] = ThreadPoolExecutor(size, thread_name_prefix="wecom-send")
+        return pool
 
 
 def _shared_client() -> httpx.Client:
@@ -237,8 +369,37 @@ def _shared_client() -> httpx.Client:
         client = _CLIENTS.get(pid)
         if client is None:
             _CLIENTS.clear()
-            client = _CLIENTS[pid] = httpx.Client(headers={"User-Agent": "villagecast-wecom/1"})
+            client = _CLIENTS[pid] = httpx.Client(
+                headers={"User-Agent": "villagecast-wecom/1"},
+                # Keep a connection for each robot a chunk sends to at once.
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=64),
+            )
         return client
+
+
+_PDFS: dict[tuple[object, ...], bytes] = {}
+
+
+def _table_pdf(ctx: DeliveryContext, village: str | None) -> bytes:
+    """The notice with its table as the disclosure-board poster (channels/_poster.py: A4,
+    CJK font embedded, table paged with its header), the PDF a group gets as an attachment.
+    The last few are kept: a worker sends one notice to many groups."""
+    from channels._poster import PosterContent, find_font, render_poster
+
+    n, font = ctx.notice, ctx.settings.poster_font
+    key = (n.id, n.revision, n.state, village, font)
+    data = _PDFS.get(key)
+    if data is None:
+        registry = ctx.registry
+        township_id = registry.village_township.get(ctx.village_id or "")
+        township = registry.townships[township_id].name if township_id else ""
+        region = f"{registry.doc.county.name}{township}"
+        content = PosterContent(notice=n, place=village or region, region=region)
+        data = render_poster(content, font=find_font(font)).data
+        if len(_PDFS) >= 16:
+            _PDFS.pop(next(iter(_PDFS)))
+        _PDFS[key] = data
+    return data
 
 
 def _now() -> datetime:
@@ -260,26 +421,6 @@ def _unknown_outcome(label: str, total: int) -> PermanentError:
     )
 
 
-def _accepted(
-    delivery_id: int, key: str, seq: int, ref: str | None
-) -> Callable[[Session, datetime], None]:
-    """The ledger write for an accepted part, done in the next transaction (the one that
-    reserves the next part's slot or gives the lock up), to save a commit per message."""
-
-    def write(s: Session, now: datetime) -> None:
-        mark_finished_in(
-            s,
-            delivery_id=delivery_id,
-            part_key=key,
-            status="accepted",
-            now=now,
-            seq=seq,
-            external_ref=ref,
-        )
-
-    return write
-
-
 class WecomGroupChannel(Channel):
     kind: ClassVar[EndpointKind] = "wecom_group"
     limits: ClassVar[ChannelLimits] = ChannelLimits(
@@ -291,6 +432,13 @@ class WecomGroupChannel(Channel):
         confirms="none",
         formats=("markdown", "text", "markdown_v2", "file", "voice"),
     )
+    # A task's deliveries are claimed and sent together: their robots are different groups,
+    # sent to side by side, with one ledger transaction per round of messages. Safe to
+    # claim together: the ledger keeps an accepted part from going twice, and a chunk's
+    # waits are bounded as one delivery's were (a quarter lease at most).
+    claim_chunk: ClassVar[int] = 25
+    parallel: ClassVar[int] = 25
+    """Robots sent to at once from one worker process (a whole chunk)."""
 
     def __init__(
         self,
@@ -306,18 +454,51 @@ class WecomGroupChannel(Channel):
     # -- the hooks -------------------------------------------------------------------------
 
     def send(self, ctx: DeliveryContext) -> SendResult:
+        job, details = self._prepare(ctx)
+        return self._result(job, details, self._run(job))
+
+    def send_many(self, ctxs: Sequence[DeliveryContext]) -> list[SendResult | Exception]:
+        """A claimed chunk: every group's messages rendered, then sent in rounds, the
+        robots side by side (see :meth:`_run_many`)."""
+        results: list[SendResult | Exception] = []
+        prepared: list[tuple[int, _Job, dict[str, Any]]] = []
+        for i, ctx in enumerate(ctxs):
+            try:
+                job, details = self._prepare(ctx)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            results.append(_NOT_YET)
+            prepared.append((i, job, details))
+        outcomes = self._run_many([job for _, job, _ in prepared])
+        for (i, job, details), outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                results[i] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome  # KeyboardInterrupt, SystemExit: not a delivery's failure
+            else:
+                results[i] = self._result(job, details, outcome)
+        return results
+
+    def _prepare(self, ctx: DeliveryContext) -> tuple[_Job, dict[str, Any]]:
         endpoint = self._endpoint(ctx)
         village = ctx.registry.village_name(ctx.village_id) if ctx.village_id else None
         messages = render_notice(
-            ctx.notice, fmt=endpoint.format, markdown_v2=endpoint.markdown_v2, village=village
+            ctx.notice,
+            fmt=endpoint.format,
+            markdown_v2=endpoint.markdown_v2,
+            village=village,
+            attachment=endpoint.attachment,
+            pdf=partial(_table_pdf, ctx, village),
         )
         details: dict[str, Any] = {}
         if endpoint.voice:
             voice_messages, details = self._voice(ctx)
             messages += voice_messages
-        job = self._job(ctx, endpoint, messages)
-        sent = self._run(job)
-        details.update(self._details(job, sent))
+        return self._job(ctx, endpoint, messages), details
+
+    def _result(self, job: _Job, details: dict[str, Any], sent: int) -> SendResult:
+        details = {**details, **self._details(job, sent)}
         return SendResult("delivered", external_ref=f"wecom:{job.robot}", details=details)
 
     def recall(self, ctx: DeliveryContext) -> SendResult:
@@ -408,30 +589,132 @@ class WecomGroupChannel(Channel):
 
     def _run(self, job: _Job) -> int:
         """Send what the ledger has not seen accepted, in order; returns how many went now."""
-        ctx, settings, store = job.ctx, job.ctx.settings, job.ctx.store
-        done = parts_of(store, ctx.delivery_id)
+        (result,) = self._run_many([job])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _run_many(self, jobs: Sequence[_Job]) -> list[int | BaseException]:
+        """Send several deliveries' messages, each in order, the robots side by side.
+
+        Works in rounds. Each round is one write transaction that writes what the last
+        round's requests came back with (``accepted`` parts, failures, released locks) and
+        reserves the next message of every robot that is ready (its send lock, a rate slot,
+        the part marked ``sending``); then those requests go out together, at most one per
+        robot. Deliveries to one robot run one after the other, as they would one per task.
+        Returns, per job, the messages sent now or the error that ended it.
+        """
+        if not jobs:
+            return []
+        settings, store = jobs[0].ctx.settings, jobs[0].ctx.store
+        known = parts_of_many(store, [j.ctx.delivery_id for j in jobs])
+        limiter = RateLimiter(settings.wecom_rate_per_minute, settings.wecom_rate_window_seconds)
+        writes = _Writes(limiter)
+        runs = [self._start(job, known[job.ctx.delivery_id], writes) for job in jobs]
+        queues: dict[str, deque[_Run]] = {}
+        for run in runs:
+            if run.result is None:
+                queues.setdefault(run.job.robot, deque()).append(run)
+        budget = min(settings.wecom_max_wait_seconds, settings.lease_seconds / 4)
+        deadline = time.monotonic() + budget
+        try:
+            self._rounds(queues, writes, store=store, limiter=limiter, deadline=deadline)
+        except BaseException:
+            # What came back must outlive a round that failed (the store, a worker shutting
+            # down): an accepted part left `sending` would be an unknown outcome on retry.
+            if writes:
+                with contextlib.suppress(Exception):
+                    self._transact(store, writes, set(), lambda s, now: [])
+            raise
+        if writes:
+            self._transact(store, writes, set(), lambda s, now: [])
+        return [r.result if r.result is not None else 0 for r in runs]
+
+    def _rounds(
+        self,
+        queues: dict[str, deque[_Run]],
+        writes: _Writes,
+        *,
+        store: Store,
+        limiter: RateLimiter,
+        deadline: float,
+    ) -> None:
+        """The rounds of :meth:`_run_many`, until every robot's queue is done."""
+        while queues:
+            heads = [q[0] for q in queues.values()]
+            clock = time.monotonic()
+            ready = [r for r in heads if r.not_before <= clock]
+            if not ready:
+                self._sleep(max(0.0, min(r.not_before for r in heads) - clock))
+                continue
+            uploads = [r for r in ready if r.message.upload is not None and r.media_id is None]
+            if uploads:
+                got = self._each(uploads, self._upload_current)
+                for run, media in zip(uploads, got, strict=True):
+                    if isinstance(media, BaseException):
+                        self._failed(run, media, writes)
+                    else:
+                        run.media_id = media
+                ready = [r for r in ready if r.result is None]
+            go: list[_Run] = []
+            if ready:
+                go = self._transact(
+                    store,
+                    writes,
+                    _round_keys(ready, limiter),
+                    partial(self._reserve, ready=ready, limiter=limiter, deadline=deadline),
+                )
+            answers = self._each(go, self._post_current)
+            answered = _now()
+            for run, answer in zip(go, answers, strict=True):
+                if limiter.enabled and run.reserved_at is not None:
+                    # Whatever the answer, the far side counted the request before it came.
+                    writes.retimed.append((run.job.rate_key, run.reserved_at, answered))
+                if isinstance(answer, BaseException):
+                    self._failed(run, answer, writes)
+                    continue
+                seq, message = run.pending[run.index]
+                writes.accepted.append((run.job.ctx.delivery_id, message.key, seq, answer))
+                run.started_any = True
+                run.sent += 1
+                run.index += 1
+                run.media_id = None
+                if run.index == len(run.pending):
+                    run.result = run.sent
+                    writes.releases.append((run.job.lock_key, run.job.owner))
+            for robot in list(queues):
+                queue = queues[robot]
+                while queue and queue[0].result is not None:
+                    queue.popleft()
+                if not queue:
+                    del queues[robot]
+
+    def _start(self, job: _Job, done: Mapping[str, PartRecord], writes: _Writes) -> _Run:
+        """What is left of a delivery, from its ledger; ends it at once when nothing is
+        (a repeat) or when a part's outcome is unknown and it may not be sent again."""
         pending = [
             (seq, m)
             for seq, m in enumerate(job.messages, 1)
             if m.key not in done or done[m.key].status != "accepted"
         ]
+        run = _Run(job, pending, started_any=any(p.status == "accepted" for p in done.values()))
         if not pending:
-            self._transact(
-                job, [], lambda s, now: release_lock_in(s, job.lock_key, owner=job.owner, now=now)
-            )
-            return 0
+            writes.releases.append((job.lock_key, job.owner))
+            run.result = 0
+            return run
         doubtful = [
             m for _, m in pending if m.key in done and done[m.key].status in ("sending", "unknown")
         ]
         if doubtful and not job.resend_unknown:
             first = doubtful[0]
             seq = next(i for i, m in pending if m is first)
+            delivery_id = job.ctx.delivery_id
 
             def give_up(s: Session, now: datetime) -> None:
                 for m in doubtful:
                     mark_finished_in(
                         s,
-                        delivery_id=ctx.delivery_id,
+                        delivery_id=delivery_id,
                         part_key=m.key,
                         status="unknown",
                         now=now,
@@ -439,56 +722,130 @@ class WecomGroupChannel(Channel):
                     )
                 release_lock_in(s, job.lock_key, owner=job.owner, now=now)
 
-            self._transact(job, [], give_up)
-            raise _unknown_outcome(str(seq), len(job.messages))
+            writes.call(job.lock_key, give_up)
+            run.result = _unknown_outcome(str(seq), len(job.messages))
+        return run
 
-        limiter = RateLimiter(settings.wecom_rate_per_minute, settings.wecom_rate_window_seconds)
-        budget = min(settings.wecom_max_wait_seconds, settings.lease_seconds / 4)
-        deadline = time.monotonic() + budget
-        started_any = any(p.status == "accepted" for p in done.values())
-        later: list[Callable[[Session, datetime], object]] = []
-        sent = 0
-        for index, (seq, message) in enumerate(pending):
-            media_id: str | None = None
+    def _each(self, runs: Sequence[_Run], fn: Callable[[_Run], _T]) -> list[_T | BaseException]:
+        """``fn`` for every run, side by side on the shared pool (inline for one)."""
+
+        def call(run: _Run) -> _T | BaseException:
             try:
-                if message.upload is not None:
-                    media_id = self._upload(job, message.upload)
-                # Room for everything that is left (up to the limit) before the first part.
-                need = len(pending) - index if index == 0 else 1
-                self._reserve(
-                    job, limiter, later, seq=seq, key=message.key, need=need, deadline=deadline
-                )
-                ref = self._post_message(job, message.body(media_id))
-            except _PartFailed as failed:
-                self._fail(job, later, message, seq, failed, keep_lock=started_any)
-                raise failed.error from failed.__cause__
-            except ChannelError:
-                self._transact(job, later, self._releaser(job, keep=started_any))
-                raise
-            except BaseException:
-                self._transact(job, later, self._releaser(job, keep=False))
-                raise
-            started_any = True
-            sent += 1
-            later.append(_accepted(ctx.delivery_id, message.key, seq, ref))
-        self._transact(
-            job, later, lambda s, now: release_lock_in(s, job.lock_key, owner=job.owner, now=now)
-        )
-        return sent
+                return fn(run)
+            except Exception as exc:
+                return exc
+
+        if len(runs) <= 1:
+            return [call(r) for r in runs]
+        return list(_shared_pool(self.parallel).map(call, runs))
+
+    def _upload_current(self, run: _Run) -> str:
+        upload = run.message.upload
+        assert upload is not None
+        return self._upload(run.job, upload)
+
+    def _post_current(self, run: _Run) -> str | None:
+        return self._post_message(run.job, run.message.body(run.media_id))
+
+    def _failed(self, run: _Run, exc: BaseException, writes: _Writes) -> None:
+        """End a run with ``exc``; what the ledger and the lock must say is written with the
+        next transaction."""
+        job = run.job
+        if isinstance(exc, _PartFailed):
+            seq, message = run.pending[run.index]
+            writes.call(job.lock_key, self._fail(job, message, seq, exc, keep_lock=run.started_any))
+            exc.error.__cause__ = exc.__cause__
+            run.result = exc.error
+        elif isinstance(exc, ChannelError):
+            writes.call(job.lock_key, self._releaser(job, keep=run.started_any))
+            run.result = exc
+        else:
+            writes.call(job.lock_key, self._releaser(job, keep=False))
+            run.result = exc
 
     def _transact(
         self,
-        job: _Job,
-        later: list[Callable[[Session, datetime], object]],
-        action: Callable[[Session, datetime], Any],
-    ) -> Any:
-        """One write transaction: the writes left from the last part, then ``action``."""
-        with job.ctx.store.session() as s:
+        store: Store,
+        writes: _Writes,
+        keys: set[str],
+        action: Callable[[Session, datetime], _T],
+    ) -> _T:
+        """One write transaction: the writes left from the last round, then ``action``.
+
+        Every kv row the transaction touches (locks, the limiter's guard rows) is locked
+        first, in one statement in key order (content_queue.shared_limits), on PostgreSQL;
+        SQLite writers run one at a time anyway."""
+        with store.session() as s:
             now = _now()
-            for write in later:
-                write(s, now)
-            later.clear()
-            return action(s, now)
+            if writes.touches_locks and s.get_bind().dialect.name == "postgresql":
+                lock_rows_in(s, writes.keys | keys, now=now)
+            writes.flush(s, now)
+            result = action(s, now)
+        writes.clear()
+        return result
+
+    def _reserve(
+        self,
+        s: Session,
+        now: datetime,
+        *,
+        ready: Sequence[_Run],
+        limiter: RateLimiter,
+        deadline: float,
+    ) -> list[_Run]:
+        """For each ready run: hold the robot's lock, take a rate slot and mark its next part
+        ``sending``; returns the runs whose request may leave now. The others wait briefly
+        (``not_before``) or end with TransientError (see "Pacing" above)."""
+        settings = ready[0].job.ctx.settings
+        rows = lock_rows_in(s, _round_keys(ready, limiter), now=now)
+        held = acquire_locks_in(
+            s,
+            [LockRequest(r.job.lock_key, r.job.owner, settings.lease_seconds) for r in ready],
+            now=now,
+            rows=rows,
+        )
+        free = [r for r in ready if not held[r.job.lock_key]]
+        # Room for everything that is left (up to the limit) before a delivery's first part.
+        needs = {r.job.rate_key: len(r.pending) if r.index == 0 else 1 for r in free}
+        rate = limiter.acquire_many_in(s, needs, now=now, locked=True)
+        go = [r for r in free if not rate[r.job.rate_key]]
+        for run in go:
+            run.reserved_at = now
+        mark_sending_many_in(
+            s,
+            [(r.job.ctx.delivery_id, r.message.key, r.pending[r.index][0]) for r in go],
+            now=now,
+        )
+        clock = time.monotonic()
+        for run in ready:
+            wait = held[run.job.lock_key] or rate.get(run.job.rate_key, 0.0)
+            if not wait:
+                continue
+            if clock + wait <= deadline:
+                run.not_before = clock + wait
+                continue
+            self._releaser(run.job, keep=run.started_any)(s, now)
+            if held[run.job.lock_key]:
+                run.result = TransientError(
+                    tr(
+                        "这个群正在发送另一条通知，稍后接着发送",
+                        "another notice is being sent to this group; this one follows",
+                    ),
+                    code="wecom_busy",
+                    retry_after=wait,
+                )
+            else:
+                run.result = TransientError(
+                    tr(
+                        "机器人本分钟的发送额度（{n} 条）已用完，{s} 秒后继续",
+                        "the robot's {n} messages for this minute are used; continuing in {s} s",
+                        n=limiter.limit,
+                        s=round(wait, 1),
+                    ),
+                    code="rate_limited",
+                    retry_after=wait,
+                )
+        return go
 
     def _releaser(self, job: _Job, *, keep: bool) -> Callable[[Session, datetime], object]:
         """Give the robot's lock up, or (parts of this delivery are already in the group)
@@ -508,89 +865,36 @@ class WecomGroupChannel(Channel):
 
         return act
 
-    def _reserve(
-        self,
-        job: _Job,
-        limiter: RateLimiter,
-        later: list[Callable[[Session, datetime], object]],
-        *,
-        seq: int,
-        key: str,
-        need: int,
-        deadline: float,
-    ) -> None:
-        """Hold the robot's lock, take a rate slot and mark the part ``sending``, in one
-        transaction; wait briefly or raise TransientError (see "Pacing" above)."""
-        ctx = job.ctx
-        lease = ctx.settings.lease_seconds
-
-        def attempt(s: Session, now: datetime) -> tuple[str, float]:
-            wait = acquire_lock_in(s, job.lock_key, owner=job.owner, ttl=lease, now=now)
-            if wait:
-                return "busy", wait
-            wait = limiter.acquire_in(s, job.rate_key, now=now, need=need)
-            if wait:
-                return "rate", wait
-            mark_sending_in(s, delivery_id=ctx.delivery_id, part_key=key, seq=seq, now=now)
-            return "ok", 0.0
-
-        while True:
-            why, wait = self._transact(job, later, attempt)
-            if why == "ok":
-                return
-            if time.monotonic() + wait <= deadline:
-                self._sleep(wait)
-                continue
-            if why == "busy":
-                raise TransientError(
-                    tr(
-                        "这个群正在发送另一条通知，稍后接着发送",
-                        "another notice is being sent to this group; this one follows",
-                    ),
-                    code="wecom_busy",
-                    retry_after=wait,
-                )
-            raise TransientError(
-                tr(
-                    "机器人本分钟的发送额度（{n} 条）已用完，{s} 秒后继续",
-                    "the robot's {n} messages for this minute are used; continuing in {s} s",
-                    n=limiter.limit,
-                    s=round(wait, 1),
-                ),
-                code="rate_limited",
-                retry_after=wait,
-            )
-
     def _fail(
         self,
         job: _Job,
-        later: list[Callable[[Session, datetime], object]],
         message: Message,
         seq: int,
         failed: _PartFailed,
         *,
         keep_lock: bool,
-    ) -> None:
-        ctx = job.ctx
+    ) -> Callable[[Session, datetime], None]:
+        """The ledger and lock writes for a part that did not go through."""
         unknown = failed.status == "unknown"
         if unknown and not job.resend_unknown:
             failed.error = _unknown_outcome(str(seq), len(job.messages))
         final = isinstance(failed.error, PermanentError | ContentError)
         release = self._releaser(job, keep=keep_lock and not final)
+        delivery_id, code = job.ctx.delivery_id, (failed.error.code or "error")[:64]
 
         def act(s: Session, now: datetime) -> None:
             mark_finished_in(
                 s,
-                delivery_id=ctx.delivery_id,
+                delivery_id=delivery_id,
                 part_key=message.key,
                 status=failed.status,
                 now=now,
                 seq=seq,
-                error_code=(failed.error.code or "error")[:64],
+                error_code=code,
             )
             release(s, now)
 
-        self._transact(job, later, act)
+        return act
 
     # -- HTTP ------------------------------------------------------------------------------
 

@@ -9,17 +9,29 @@ cut off by a dead worker, so its outcome is unknown.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from content_queue.db import SendPart
 from content_queue.store import Store
 
-__all__ = ["PartRecord", "PartStatus", "mark_finished_in", "mark_sending_in", "parts_of"]
+__all__ = [
+    "PartRecord",
+    "PartStatus",
+    "mark_accepted_many_in",
+    "mark_finished_in",
+    "mark_sending_in",
+    "mark_sending_many_in",
+    "parts_of",
+    "parts_of_many",
+]
+
+_PARTS = cast(Table, SendPart.__table__)
 
 PartStatus = Literal["sending", "accepted", "unknown", "failed"]
 
@@ -53,6 +65,106 @@ def parts_of(store: Store, delivery_id: int) -> dict[str, PartRecord]:
             )
             for p in rows
         }
+
+
+def parts_of_many(store: Store, delivery_ids: Sequence[int]) -> dict[int, dict[str, PartRecord]]:
+    """:func:`parts_of` for several deliveries, in one query (every id is in the answer)."""
+    found: dict[int, dict[str, PartRecord]] = {d: {} for d in delivery_ids}
+    if not delivery_ids:
+        return found
+    with store.session(readonly=True) as s:
+        rows = s.execute(
+            select(
+                _PARTS.c.delivery_id,
+                _PARTS.c.part_key,
+                _PARTS.c.seq,
+                _PARTS.c.status,
+                _PARTS.c.started_at,
+                _PARTS.c.finished_at,
+                _PARTS.c.external_ref,
+                _PARTS.c.error_code,
+            )
+            .where(_PARTS.c.delivery_id.in_(list(delivery_ids)))
+            .order_by(_PARTS.c.delivery_id, _PARTS.c.seq)
+        )
+        for delivery_id, *rest in rows:
+            record = PartRecord(*rest)
+            found[delivery_id][record.part_key] = record
+    return found
+
+
+def _upsert(s: Session, rows: list[dict[str, Any]], update: Sequence[str]) -> None:
+    """Insert ``rows`` into send_parts; a row that exists gets the ``update`` columns."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(_PARTS)
+        s.execute(
+            pg.on_conflict_do_update(
+                index_elements=["delivery_id", "part_key"],
+                set_={c: pg.excluded[c] for c in update},
+            ),
+            rows,
+        )
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as lite_insert
+
+        lite = lite_insert(_PARTS)
+        s.execute(
+            lite.on_conflict_do_update(
+                index_elements=["delivery_id", "part_key"],
+                set_={c: lite.excluded[c] for c in update},
+            ),
+            rows,
+        )
+    else:  # pragma: no cover - other databases are not supported
+        raise NotImplementedError(dialect)
+
+
+def mark_sending_many_in(
+    s: Session, parts: Sequence[tuple[int, str, int]], *, now: datetime
+) -> None:
+    """:func:`mark_sending_in` for several (delivery_id, part_key, seq), in one statement."""
+    if not parts:
+        return
+    rows = [
+        {
+            "delivery_id": d,
+            "part_key": k,
+            "seq": seq,
+            "status": "sending",
+            "started_at": now,
+            "finished_at": None,
+            "external_ref": None,
+            "error_code": None,
+        }
+        for d, k, seq in parts
+    ]
+    _upsert(s, rows, ("seq", "status", "started_at", "finished_at", "error_code"))
+
+
+def mark_accepted_many_in(
+    s: Session, parts: Sequence[tuple[int, str, int, str | None]], *, now: datetime
+) -> None:
+    """Record several (delivery_id, part_key, seq, external_ref) as ``accepted``, in one
+    statement (as :func:`mark_finished_in` with status ``accepted`` would, one by one)."""
+    if not parts:
+        return
+    rows = [
+        {
+            "delivery_id": d,
+            "part_key": k,
+            "seq": seq,
+            "status": "accepted",
+            "started_at": now,
+            "finished_at": now,
+            "external_ref": ref,
+            "error_code": None,
+        }
+        for d, k, seq, ref in parts
+    ]
+    _upsert(s, rows, ("status", "finished_at", "external_ref", "error_code"))
 
 
 def _row(s: Session, delivery_id: int, part_key: str) -> SendPart | None:

@@ -103,6 +103,9 @@ class WecomGroupEndpoint(_EndpointBase):
     webhook_key_env: EnvVarName
     format: Literal["markdown", "text"] = "markdown"
     markdown_v2: bool = False
+    attachment: Literal["csv", "pdf"] = "csv"
+    """A table the group cannot get as ``markdown_v2`` goes as this file: CSV (opens in
+    Excel) or PDF (the notice as its disclosure-board poster, for phones)."""
     voice: bool = False
 
 
@@ -265,6 +268,9 @@ class OfficialAccountEndpoint(_EndpointBase):
     """Author shown on articles (WeChat allows 16 characters)."""
     covers_townships: list[Ident] = Field(default_factory=list)
     covers_villages: list[Ident] = Field(default_factory=list)
+    event_token_env: EnvVarName | None = None
+    """The variable holding the token of the account's server configuration (服务器配置):
+    WeChat then pushes publish results to ``/wechat/events/<id>`` (channels/_oa_events.py)."""
 
     @model_validator(mode="after")
     def _tags_need_mass_send(self) -> OfficialAccountEndpoint:

@@ -16,31 +16,47 @@ Correctness under concurrency
       that row, and the count read after the lock is granted sees every event committed
       before (READ COMMITTED takes a fresh snapshot per statement). Different keys never
       wait for each other.
+    - Batches (:func:`lock_rows_in`, :func:`acquire_locks_in`,
+      :meth:`RateLimiter.acquire_many_in`): a transaction that touches several keys locks
+      all of them first, in one statement, in key order. Two batches then always wait for
+      each other in the same order and cannot deadlock; a transaction that takes keys one
+      at a time and in another order could.
 
 Time
     Events carry wall-clock UTC, so processes on several machines need NTP. The window is
     stretched by :data:`WINDOW_MARGIN` (5%): an event is recorded just before its request
-    leaves, and the far side counts it when it arrives.
+    leaves, and the far side counts it when it arrives. A caller that sends many requests
+    at once (queued on a thread pool, on a busy machine) can be later than the margin, so it
+    moves each event to when the answer came back (:meth:`RateLimiter.retime_in`), which is
+    never before the far side counted it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from content_queue.db import KvEntry, RateEvent
 
 __all__ = [
     "WINDOW_MARGIN",
+    "LockRequest",
     "RateLimiter",
     "acquire_lock_in",
+    "acquire_locks_in",
     "lock_holder_in",
+    "lock_rows_in",
     "release_lock_in",
+    "release_locks_in",
 ]
+
+_KV = cast(Table, KvEntry.__table__)
+_EVENTS = cast(Table, RateEvent.__table__)
 
 WINDOW_MARGIN = 0.05
 """Fraction added to a window: covers the time between recording an event and its arrival."""
@@ -71,6 +87,105 @@ def _ensure_row(s: Session, key: str, now: datetime) -> KvEntry:
         .execution_options(populate_existing=True)
     ).one()
     return row
+
+
+def _insert_ignore_kv(s: Session, keys: Sequence[str], now: datetime) -> None:
+    """Create the kv rows that do not exist yet (empty), in one statement."""
+    rows = [{"key": k, "value": "", "expires_at": None, "updated_at": now} for k in keys]
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        s.execute(pg_insert(_KV).on_conflict_do_nothing(index_elements=["key"]), rows)
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as lite_insert
+
+        s.execute(lite_insert(_KV).on_conflict_do_nothing(index_elements=["key"]), rows)
+    else:  # pragma: no cover - other databases are not supported
+        have = set(s.scalars(select(_KV.c.key).where(_KV.c.key.in_(keys))))
+        missing = [r for r in rows if r["key"] not in have]
+        if missing:
+            s.execute(insert(_KV), missing)
+
+
+_Row = tuple[str, datetime | None]
+"""A kv row as the batch functions see it: (value, expires_at)."""
+
+
+def lock_rows_in(s: Session, keys: Iterable[str], *, now: datetime) -> dict[str, _Row]:
+    """Create the kv rows of ``keys`` if missing and lock them all for this transaction,
+    in key order (see the module docstring); returns each row's value and expiry."""
+    ordered = sorted(set(keys))
+    if not ordered:
+        return {}
+    _insert_ignore_kv(s, ordered, now)
+    found = s.execute(
+        select(_KV.c.key, _KV.c.value, _KV.c.expires_at)
+        .where(_KV.c.key.in_(ordered))
+        .order_by(_KV.c.key)
+        .with_for_update()
+    )
+    return {key: (value, expires) for key, value, expires in found}
+
+
+def _held_by_other(row: _Row, owner: str, now: datetime) -> float:
+    value, expires = row
+    if value and value != owner and expires is not None and expires > now:
+        return max(0.001, (expires - now).total_seconds())
+    return 0.0
+
+
+@dataclass(frozen=True)
+class LockRequest:
+    key: str
+    owner: str
+    ttl: float
+
+
+def acquire_locks_in(
+    s: Session,
+    wanted: Sequence[LockRequest],
+    *,
+    now: datetime,
+    rows: Mapping[str, _Row] | None = None,
+) -> dict[str, float]:
+    """:func:`acquire_lock_in` for several locks (distinct keys) in one transaction: three
+    statements however many. ``rows`` are the locked rows when the caller already read them
+    (:func:`lock_rows_in`, with nothing written to them since). Returns, per key, 0.0 when
+    the owner holds it afterwards, else the seconds until the current holder's lock expires.
+    """
+    if not wanted:
+        return {}
+    if rows is None or any(w.key not in rows for w in wanted):
+        rows = lock_rows_in(s, [w.key for w in wanted], now=now)
+    waits: dict[str, float] = {}
+    take: list[dict[str, Any]] = []
+    for w in wanted:
+        waits[w.key] = wait = _held_by_other(rows[w.key], w.owner, now)
+        if not wait:
+            take.append({"k": w.key, "owner": w.owner, "until": now + timedelta(seconds=w.ttl)})
+    if take:
+        take.sort(key=lambda t: str(t["k"]))
+        s.execute(
+            update(_KV)
+            .where(_KV.c.key == bindparam("k"))
+            .values(value=bindparam("owner"), expires_at=bindparam("until"), updated_at=now),
+            take,
+        )
+    return waits
+
+
+def release_locks_in(s: Session, held: Sequence[tuple[str, str]], *, now: datetime) -> None:
+    """:func:`release_lock_in` for several (key, owner) pairs, in one statement."""
+    if not held:
+        return
+    s.execute(
+        update(_KV)
+        .where(and_(_KV.c.key == bindparam("k"), _KV.c.value == bindparam("owner")))
+        .values(value="", expires_at=None, updated_at=now),
+        # In key order, as every batch here: two releasers never wait on each other in a cycle.
+        [{"k": k, "owner": o} for k, o in sorted(held)],
+    )
 
 
 @dataclass(frozen=True)
@@ -127,6 +242,49 @@ class RateLimiter:
         if wait == 0.0:
             s.execute(insert(RateEvent).values(key=key, at=now))
         return wait
+
+    def retime_in(self, s: Session, moves: Sequence[tuple[str, datetime, datetime]]) -> None:
+        """Move events: (key, recorded at, answered at); see "Time" in the module docstring."""
+        if not self.enabled or not moves:
+            return
+        s.execute(
+            update(_EVENTS)
+            .where(and_(_EVENTS.c.key == bindparam("k"), _EVENTS.c.at == bindparam("was")))
+            .values(at=bindparam("moved")),
+            [{"k": k, "was": was, "moved": moved} for k, was, moved in moves],
+        )
+
+    @staticmethod
+    def guard_key(key: str) -> str:
+        """The kv row that serialises the acquirers of ``key`` (see the module docstring)."""
+        return f"rate:{key}"
+
+    def acquire_many_in(
+        self, s: Session, needs: Mapping[str, int], *, now: datetime, locked: bool = False
+    ) -> dict[str, float]:
+        """:meth:`acquire_in` for several keys in one transaction, in a few statements
+        however many keys. ``needs`` maps each key to the events it needs room for; one
+        event is recorded per key that has room. ``locked``: the caller already locked the
+        keys' guard rows (:func:`lock_rows_in` with :meth:`guard_key`)."""
+        if not self.enabled or not needs:
+            return dict.fromkeys(needs, 0.0)
+        keys = sorted(needs)
+        if not locked:
+            lock_rows_in(s, [self.guard_key(k) for k in keys], now=now)
+        since = now - self.span
+        s.execute(delete(_EVENTS).where(_EVENTS.c.key.in_(keys), _EVENTS.c.at <= since))
+        times: dict[str, list[datetime]] = {k: [] for k in keys}
+        for key, at in s.execute(
+            select(_EVENTS.c.key, _EVENTS.c.at)
+            .where(_EVENTS.c.key.in_(keys), _EVENTS.c.at > since)
+            .order_by(_EVENTS.c.key, _EVENTS.c.at)
+        ):
+            times[key].append(at)
+        waits = {k: self.wait_seconds(times[k], need=needs[k], now=now) for k in keys}
+        room = [{"key": k, "at": now} for k in keys if waits[k] == 0.0]
+        if room:
+            s.execute(insert(_EVENTS), room)
+        return waits
 
 
 def acquire_lock_in(s: Session, key: str, *, owner: str, ttl: float, now: datetime) -> float:

@@ -382,6 +382,9 @@ def create_app(
         )
 
     _public_routes(app)
+    from dashboard.wechat_events import add_wechat_event_routes
+
+    add_wechat_event_routes(app)
     _auth_routes(app)
     _page_routes(app)
     _api_routes(app)

@@ -161,8 +161,9 @@ def not_found() -> Reply:
 
 
 def is_public_path(path: str) -> bool:
-    """Paths anyone may fetch without signing in: feeds, clips and the health check."""
-    return path == "/healthz" or path.startswith(("/feeds/", "/audio/"))
+    """Paths anyone may fetch without signing in: feeds, clips, the health check, and the
+    official accounts' event URL (signed by WeChat: dashboard/wechat_events.py)."""
+    return path == "/healthz" or path.startswith(("/feeds/", "/audio/", "/wechat/events/"))
 
 
 def public_reply(

@@ -7,13 +7,16 @@ loopback port, HTTP/1.1 keep-alive):
   bytes, ``mentioned_list`` a list of strings), ``markdown`` / ``markdown_v2`` (4,096 bytes),
   ``file`` and ``voice`` (a ``media_id`` this robot uploaded, of that type, at most 3 days old);
 - ``POST /cgi-bin/webhook/upload_media?key=KEY&type=file|voice``, multipart field ``media``:
-  files of 6 bytes to 20 MB; voice must start with the AMR header ``#!AMR\\n``, be at most
-  2 MB and play at most 60 s (counted from its AMR-NB frames, 20 ms each).
+  files of 6 bytes to 20 MB (a ``.pdf`` must be a whole PDF: ``%PDF-`` first, ``%%EOF`` at
+  the end; the stand-in's own check, stricter than WeCom's); voice must start with the AMR
+  header ``#!AMR\\n``, be at most 2 MB and play at most 60 s (counted from its AMR-NB
+  frames, 20 ms each).
 
 Errors come back as HTTP 200 with ``{"errcode": N, "errmsg": ...}``: 93000 unknown key,
 45009 more than ``rate`` messages in ``window`` seconds for one key (enforced here too),
 40058 bad JSON, missing or oversized content, 40008 unknown msgtype, 44004 empty text,
-40007 unknown media id, 40005 bad upload type, 44001 no file, 40004 not AMR, 40006 bad size.
+40007 unknown media id, 40005 bad upload type, 44001 no file, 40004 not AMR (or a broken
+PDF), 40006 bad size.
 :meth:`WecomStandin.fail_next` scripts the next responses for a key (an errcode, an HTTP
 status, or a delay before answering, with the message posted or not), and every request is
 kept in :attr:`WecomStandin.records` so tests can count side effects.
@@ -47,6 +50,12 @@ AMR_MAGIC = b"#!AMR\n"
 # AMR-NB storage format (RFC 4867 section 5): frame size in bytes, header byte included,
 # by frame type; types 9-15 carry no speech bits.
 _AMR_FRAME_BYTES = [13, 14, 16, 18, 20, 21, 27, 32, 6, 1, 1, 1, 1, 1, 1, 1]
+
+
+def _is_pdf(data: bytes) -> bool:
+    """A whole PDF: the header first, the end-of-file marker within its last bytes (a file
+    cut short by a broken upload fails this)."""
+    return data.startswith(b"%PDF-") and b"%%EOF" in data[-1024:]
 
 
 def amr_duration(data: bytes) -> float | None:
@@ -185,6 +194,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: workers that send to many robots at once open
+    # more connections than that together, and a full backlog drops them on the floor.
+    request_queue_size = 128
     standin: WecomStandin
     conns: set[socket.socket]
 
@@ -196,8 +208,18 @@ class _Server(ThreadingHTTPServer):
 class WecomStandin:
     """The stand-in server; use as a context manager or call start() and stop()."""
 
-    def __init__(self, *, rate: int = 20, window: float = 60.0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        *,
+        rate: int = 20,
+        window: float = 60.0,
+        host: str = "127.0.0.1",
+        latency: float = 0.0,
+    ) -> None:
         self.rate = rate
+        self.latency = latency
+        """Seconds every answer waits (after the request is handled): WeCom's round trip
+        from a county office, for benchmarks; 0 on loopback."""
         self.window = window
         self.host = host
         self._state = _State()
@@ -310,7 +332,7 @@ class WecomStandin:
                 status, payload, _ = self._upload(key, query, body, headers, now)
             else:
                 status, payload, _ = self._send(key, body, now)
-            return status, payload, fault.delay if fault is not None else 0.0
+            return status, payload, max(self.latency, fault.delay if fault is not None else 0.0)
 
     def _record(
         self,
@@ -394,6 +416,8 @@ class WecomStandin:
         assert filename is not None
         if kind == "file" and not 5 < len(data) <= FILE_MAX:
             return self._record("upload_media", key, now, 40006, "invalid file size", body=None)
+        if kind == "file" and filename.lower().endswith(".pdf") and not _is_pdf(data):
+            return self._record("upload_media", key, now, 40004, "invalid pdf file", body=None)
         if kind == "voice":
             seconds = amr_duration(data)
             if seconds is None:

@@ -38,6 +38,7 @@ from content_queue.settings import Settings, get_settings, reset_settings
 from content_queue.shared_limits import RateLimiter
 from content_queue.store import PlannedDelivery, Store, utcnow
 from dispatcher import service
+from tests.channels import pdfcheck
 from tests.standins.wecom import Fault, WecomStandin, amr_duration, max_in_window
 
 ENV = "VC_WECOM_EAST_LIU"
@@ -598,6 +599,50 @@ def test_table_as_csv_attachment_otherwise(wecom: Env) -> None:
     assert rows[0] == ["2026年10月收支明细"] and rows[1] == TABLE["columns"]
     assert rows[-1] == ["10-30", "道路维修第30期", "0", "3000.00"]
     assert result.details is not None and result.details["attachment"] is True
+
+
+def test_table_as_pdf_attachment_where_the_endpoint_asks(wecom: Env) -> None:
+    ctx = _ctx(
+        wecom,
+        category="village_finance",
+        table=TABLE,
+        title="十月财务公开",
+        endpoint=_endpoint(attachment="pdf"),
+    )
+    result = _channel().deliver(ctx)
+    posted = wecom.server.posted(wecom.key)
+    assert [p.msgtype for p in posted] == ["markdown", "file"]
+    assert "（明细表见附件《十月财务公开.pdf》）" in posted[0].content
+    assert posted[1].body is not None
+    media = wecom.server.media(posted[1].body["file"]["media_id"])
+    assert media is not None and media.type == "file" and media.filename == "十月财务公开.pdf"
+    assert media.data.startswith(b"%PDF-")
+    text = "".join(pdfcheck.texts(media.data))
+    assert "刘庄村" in text and "十月财务公开" in text
+    assert "2026年10月收支明细" in text and "道路维修第30期" in text and "3000.00" in text
+    embedded = pdfcheck.fonts(media.data)
+    assert embedded and all(embedded.values())  # the CJK font travels with the file
+    assert result.details is not None and result.details["attachment"] is True
+    assert _statuses(wecom, ctx) == {"part:1": "accepted", "file:table": "accepted"}
+
+
+def test_the_standin_refuses_a_pdf_that_is_not_a_whole_pdf(wecom: Env) -> None:
+    url = f"{wecom.server.base_url}/cgi-bin/webhook/upload_media"
+    cut = _table_pdf_bytes(wecom)[:-2000]
+    for data in (b"name,amount\r\n", cut):
+        files = {"media": ("表.pdf", data, "application/octet-stream")}
+        answer = httpx.post(url, params={"key": wecom.key, "type": "file"}, files=files).json()
+        assert answer["errcode"] == 40004, answer
+    files = {"media": ("表.pdf", _table_pdf_bytes(wecom), "application/octet-stream")}
+    answer = httpx.post(url, params={"key": wecom.key, "type": "file"}, files=files).json()
+    assert answer["errcode"] == 0
+
+
+def _table_pdf_bytes(env: Env) -> bytes:
+    from channels.wecom_group import _table_pdf
+
+    ctx = _ctx(env, category="village_finance", table=TABLE, endpoint=_endpoint(attachment="pdf"))
+    return _table_pdf(ctx, "刘庄村")
 
 
 def test_voice_is_real_amr_sent_after_the_text(wecom: Env) -> None:

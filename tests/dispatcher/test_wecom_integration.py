@@ -110,7 +110,9 @@ def test_county_wide_notice_to_400_groups_is_paced_whole_and_never_doubled(
 
     deliveries = store.deliveries(nid)
     assert len(deliveries) == GROUPS
-    assert Counter(d.status for d in deliveries) == {"delivered": GROUPS}  # none skipped
+    undelivered = [(d.id, d.status, d.error_code, d.error_en) for d in deliveries]
+    undelivered = [(*u, parts_of(store, u[0])) for u in undelivered if u[1] != "delivered"]
+    assert not undelivered, undelivered  # none skipped
     # Paced, not refused: deliveries waited for their robot's next window (rescheduled,
     # keeping their group's lock) and still all arrived.
     paced = Counter(a["error_code"] for d in deliveries for a in store.attempts(d.id))
