@@ -122,7 +122,9 @@ class Line:
         result = service.process_deliveries(
             ids, store=self.store, settings=self.settings, ring=None
         )
-        assert list(result.values()) == ["sent"], result
+        # "sent" when the broker took it; "delivered" when the speaker acked before the
+        # worker recorded the publish (the chunk path confirms it in the same step).
+        assert list(result.values()) in (["sent"], ["delivered"]), result
         (delivery,) = ids
         return delivery
 
