@@ -36,7 +36,7 @@ def help_case(cfg: Config) -> Case:
     ours, base = interleave(
         lambda: _time_cmd(cmd),
         lambda: _time_cmd([sys.executable, "-c", "import typer"]),
-        cfg.repeat * 3,
+        cfg.repeat * (1 if cfg.quick else 3),
     )
     return Case(
         id="core.help",
@@ -76,7 +76,7 @@ def broker_cases(cfg: Config, name: str, url: str | None) -> list[Case]:
         single, pings1 = interleave(
             lambda: run.bench_fanout(n, batch_size=1),
             lambda: run.bench_pings(home, n),
-            cfg.repeat,
+            cfg.rounds,
             warm=False,
         )
         out.append(
@@ -92,7 +92,7 @@ def broker_cases(cfg: Config, name: str, url: str | None) -> list[Case]:
         )
         progress(f"core/{name}: notice add and enqueue-to-delivered")
         with run.bare_add(home) as bare_once:
-            k = cfg.repeat * 4  # a few ms each: more samples, a meaningful p99
+            k = cfg.repeat * (1 if cfg.quick else 4)  # cheap: more samples, a truer p99
 
             def ms(fn: Any) -> Any:
                 return lambda: fn() * 1000
@@ -160,8 +160,8 @@ def wecom_cases(cfg: Config) -> list[Case]:
     g = cfg.wecom_groups
     collected: dict[str, tuple[Any, list[float], list[float]]] = {}
     wecom_rows(quick=cfg.quick, groups=g, runs=1)  # warm-up, not counted
-    for i in range(cfg.repeat):
-        progress(f"wecom: run {i + 1}/{cfg.repeat}, {g} groups")
+    for i in range(cfg.rounds):
+        progress(f"wecom: run {i + 1}/{cfg.rounds}, {g} groups")
         for row in wecom_rows(quick=cfg.quick, groups=g, runs=1):
             _, ours, base = collected.setdefault(row.what, (row, [], []))
             ours.append(row.value)
@@ -194,10 +194,10 @@ def led_cases(cfg: Config) -> list[Case]:
     results: dict[tuple[str, int], list[Any]] = {}
     # No warm-up round: each run_one warms its own worker and listener with a small notice
     # (and starts its brokers and boards afresh), and its bare runs warm paho.
-    for rnd in range(1, cfg.repeat + 1):
+    for rnd in range(1, cfg.rounds + 1):
         for setup in cfg.led_setups:
             for n in cfg.led_sizes:
-                progress(f"led: round {rnd}/{cfg.repeat} {setup} N={n}")
+                progress(f"led: round {rnd}/{cfg.rounds} {setup} N={n}")
                 r = led.run_one(setup, n, timeout=cfg.timeout, keep=False, presence=True)
                 if not r.ok:
                     progress(f"led: {setup} N={n} FAILED: {r.error}")
@@ -269,8 +269,8 @@ def speaker_cases(cfg: Config) -> list[Case]:
     ]  # fmt: skip
     for setup in cfg.speaker_setups:
         runs = []
-        for rnd in range(1, cfg.repeat + 1):  # each run sends a warm-up notice first
-            progress(f"speaker: round {rnd}/{cfg.repeat} {setup}, {cfg.speaker_count} speakers")
+        for rnd in range(1, cfg.rounds + 1):  # each run sends a warm-up notice first
+            progress(f"speaker: round {rnd}/{cfg.rounds} {setup}, {cfg.speaker_count} speakers")
             r = speaker.run_fanout(setup, cfg.speaker_count, timeout=cfg.timeout, keep=False)
             if not r.ok:
                 progress(f"speaker: FAILED: {r.error}")

@@ -123,7 +123,7 @@ def sys_value(url: str, topic: str, timeout: float = 10) -> int:
 
 
 def dropped_now(url: str) -> int:
-    time.sleep(2.2)  # two $SYS intervals: the value includes everything up to now
+    time.sleep(1.2)  # one $SYS interval: the value includes everything up to now
     return sys_value(url, DROPPED)
 
 
@@ -549,8 +549,8 @@ def _redis_rig_cases(cfg: Config) -> list[Case]:
                 progress(f"county: warm-up, one emergency to {n} boards and a burst of {k}")
                 fan_out(rig, 1, kind="single")
                 fan_out(rig, k, kind="burst")
-                for i in range(cfg.repeat):
-                    progress(f"county: repetition {i + 1}/{cfg.repeat}: single, burst of {k}")
+                for i in range(cfg.rounds):
+                    progress(f"county: repetition {i + 1}/{cfg.rounds}: single, burst of {k}")
                     singles.append(fan_out(rig, 1, kind="single"))
                     before = dropped_now(rig.mqtt_url)
                     bursts.append(fan_out(rig, k, kind="burst"))
@@ -673,8 +673,8 @@ def _embedded_writes_case(cfg: Config) -> Case:
     windows: list[Window] = []
     with county_rig(n, "sqlite", cfg.timeout) as rig:
         fan_out(rig, 1, kind="single")  # warm-up
-        for i in range(cfg.repeat):
-            progress(f"county/embedded: repetition {i + 1}/{cfg.repeat}, {n} boards")
+        for i in range(cfg.rounds):
+            progress(f"county/embedded: repetition {i + 1}/{cfg.rounds}, {n} boards")
             windows.append(fan_out(rig, 1, kind="single"))
     return Case(
         id="county.writes.embedded",

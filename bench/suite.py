@@ -5,13 +5,14 @@
     villagecast bench ...        (the same, through the CLI)
 
 Each case is measured beside its baseline in the same process tree, the two interleaved
-(case, baseline, case, baseline, ...), ``--repeat`` times (default 5; --quick: 2) after a
-warm-up that is not counted. The report (``bench-results.json`` and ``bench-results.md`` in
-``--out``) gives per case: the median and p99 of the samples, the baseline's median, the
-ratio (median over median unless the case says otherwise), the goal and whether it was met,
-plus the machine (CPUs, model, RAM, load average at the start) and the versions of what
-was measured (python, celery, kombu, paho-mqtt, mosquitto, redis-server, sqlite, edge-tts,
-ffmpeg).
+(case, baseline, case, baseline, ...), ``--repeat`` times (default 5) after a warm-up that
+is not counted (--quick: twice, and once for the cases that start their own brokers,
+workers and boards, unless --repeat says otherwise). The report (``bench-results.json`` and
+``bench-results.md`` in ``--out``) gives per case: the median and p99 of the samples, the
+baseline's median, the ratio (median over median unless the case says otherwise), the goal
+and whether it was met, plus the machine (CPUs, model, RAM, load average at the start) and
+the versions of what was measured (python, celery, kombu, paho-mqtt, mosquitto,
+redis-server, sqlite, edge-tts, ffmpeg).
 
 Groups (``--only`` / ``--skip``, comma-separated): core (the #2 cases: --help, fan-out
 deliveries/s, notice add, enqueue-to-delivered), wecom (#5), led (#3), speaker (#4),
@@ -57,6 +58,9 @@ class Config:
 
     quick: bool = False
     repeat: int = 5
+    """Repetitions of the cases measured in this process (a few seconds each at most)."""
+    rounds: int = 5
+    """Repetitions of the cases that start their own brokers, workers and boards."""
     soak_minutes: float = 10.0
     soak_devices: int = 2000
     burst_devices: int = 5000
@@ -80,6 +84,7 @@ class Config:
             cfg = cls(
                 quick=True,
                 repeat=2,
+                rounds=1,
                 soak_minutes=1.0,
                 soak_devices=50,
                 burst_devices=100,
@@ -93,7 +98,7 @@ class Config:
                 timeout=120.0,
             )
         if repeat is not None:
-            cfg.repeat = max(1, repeat)
+            cfg.repeat = cfg.rounds = max(1, repeat)
         if soak_minutes is not None:
             cfg.soak_minutes = soak_minutes
         return cfg
@@ -324,8 +329,9 @@ def markdown(report: dict[str, Any], cases: Sequence[Case]) -> str:
     lines = [
         f"# villagecast benchmark suite ({report['started']})",
         "",
-        f"`{report['command']}`: {report['config']['repeat']} repetitions after a warm-up, "
-        f"each case interleaved with its baseline; took {report['seconds']:.0f} s.",
+        f"`{report['command']}`: {report['config']['repeat']} repetitions after a warm-up "
+        f"({report['config']['rounds']} for the cases with their own brokers, workers and "
+        f"boards), each case interleaved with its baseline; took {report['seconds']:.0f} s.",
         "",
         f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, load average "
         f"at start {' / '.join(str(x) for x in m['load_average_at_start'])}, at end "
@@ -397,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
-    parser.add_argument("--repeat", type=int, help="repetitions after the warm-up (5; quick 2)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="repetitions after the warm-up (5; quick: 2, or 1 for cases with their own services)",
+    )
     parser.add_argument(
         "--soak-minutes", type=float, help="soak duration (10; quick 1); fractions allowed"
     )
