@@ -158,12 +158,14 @@ def wecom_cases(cfg: Config) -> list[Case]:
     from bench.wecom import wecom_rows
 
     g = cfg.wecom_groups
-    collected: dict[str, tuple[Any, list[float], list[float]]] = {}
+    # Keyed by position: wecom_rows returns its rows in one order, and two of them share a
+    # label ("  same, limiter on", under each notice's row).
+    collected: dict[int, tuple[Any, list[float], list[float]]] = {}
     wecom_rows(quick=cfg.quick, groups=g, runs=1)  # warm-up, not counted
     for i in range(cfg.rounds):
         progress(f"wecom: run {i + 1}/{cfg.rounds}, {g} groups")
-        for row in wecom_rows(quick=cfg.quick, groups=g, runs=1):
-            _, ours, base = collected.setdefault(row.what, (row, [], []))
+        for pos, row in enumerate(wecom_rows(quick=cfg.quick, groups=g, runs=1)):
+            _, ours, base = collected.setdefault(pos, (row, [], []))
             ours.append(row.value)
             base.append(row.baseline)
     out = []
