@@ -361,7 +361,10 @@ def markdown(report: dict[str, Any], cases: Sequence[Case]) -> str:
 # -- running ----------------------------------------------------------------------------------
 
 
-def run_groups(cfg: Config, groups: Sequence[str]) -> list[Case]:
+def run_groups(
+    cfg: Config, groups: Sequence[str], *, after: Callable[[list[Case]], object] | None = None
+) -> list[Case]:
+    """Every group in order; ``after`` gets the cases so far once each group is done."""
     from bench import cases as existing
     from bench import county
 
@@ -383,6 +386,8 @@ def run_groups(cfg: Config, groups: Sequence[str]) -> list[Case]:
             found = [failed(group, f"{group}.error", f"{group}: did not run", exc)]
         progress(f"group {group} done in {time.monotonic() - t0:.0f} s")
         out += found
+        if after is not None:
+            after(out)
     return out
 
 
@@ -433,17 +438,25 @@ def main(argv: list[str] | None = None) -> int:
         "groups": groups,
         "machine": machine(),
         "versions": versions(),
+        "complete": False,
     }
-    cases = run_groups(cfg, groups)
-    report["seconds"] = round(time.monotonic() - t0, 1)
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["cases"] = [c.to_json() for c in cases]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench-results.json").write_text(
-        json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8"
-    )
-    table = markdown(report, cases)
-    (args.out / "bench-results.md").write_text(table, encoding="utf-8")
+
+    def write(cases: list[Case], *, final: bool) -> str:
+        # Written after every group too, so a long run stopped midway keeps what it measured.
+        report["complete"] = final
+        report["seconds"] = round(time.monotonic() - t0, 1)
+        report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["cases"] = [c.to_json() for c in cases]
+        (args.out / "bench-results.json").write_text(
+            json.dumps(report, indent=2, ensure_ascii=False, default=str), encoding="utf-8"
+        )
+        table = markdown(report, cases)
+        (args.out / "bench-results.md").write_text(table, encoding="utf-8")
+        return table
+
+    cases = run_groups(cfg, groups, after=lambda so_far: write(so_far, final=False))
+    table = write(cases, final=True)
     print(table)
     progress(f"report: {args.out / 'bench-results.json'} and {args.out / 'bench-results.md'}")
     return 0 if all(c.error is None for c in cases) else 1
