@@ -546,7 +546,10 @@ def soak(rig: Rig, *, devices: int, minutes: float) -> Soak:
         return list(per_notice.values()), percentile(per_delivery, 99)
 
     out.first, out.first_delivery_p99 = latencies([s for s in submits if s[2] < w])
-    out.last, out.last_delivery_p99 = latencies([s for s in submits if s[2] >= duration - w])
+    # The last window ends at the last submit: when submitting falls behind (each one takes
+    # longer than a second), the soak runs past ``duration``.
+    tail = submits[-1][2] - w
+    out.last, out.last_delivery_p99 = latencies([s for s in submits if s[2] >= tail])
     first_mem = rig.sampler.window(start, start + w)
     last_mem = rig.sampler.window(end - w, end)
     out.rss_first = [s[1] / 1024 for s in first_mem]
