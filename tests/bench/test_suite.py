@@ -23,7 +23,8 @@ VERSION_KEYS = {
     "edge-tts", "ffmpeg",
 }  # fmt: skip
 
-# Every case of #2-#6 and the county cases, as the quick run names them.
+# Every case of #2-#6 and the county cases, as the quick run names them (the WeCom cases
+# are bench/wecom.py's rows, numbered in its order: checked apart).
 EXPECTED = {
     "core.help",
     "core.fanout.embedded",
@@ -34,10 +35,6 @@ EXPECTED = {
     "core.fanout_single.redis",
     "core.add.redis",
     "core.latency.redis",
-    "wecom.0",
-    "wecom.1",
-    "wecom.2",
-    "wecom.3",
     "led.redis.50",
     "speaker.raw",
     "speaker.full",
@@ -151,7 +148,9 @@ def test_quick_suite_runs_every_case(tmp_path: Path) -> None:
     assert report["config"]["quick"] is True
 
     cases = {c["id"]: c for c in report["cases"]}
-    assert set(cases) == EXPECTED, sorted(set(cases) ^ EXPECTED)
+    wecom = {cid for cid in cases if cid.startswith("wecom.")}
+    assert set(cases) - wecom == EXPECTED, sorted((set(cases) - wecom) ^ EXPECTED)
+    assert sum(cases[cid]["goal"] == "<= 1.3x" for cid in wecom) == 2  # 1 part, 3 parts
     for cid, c in cases.items():
         assert c["error"] is None, (cid, c["error"])
         assert _finite(c["samples"]), cid
