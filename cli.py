@@ -2235,6 +2235,36 @@ def demo(
     raise typer.Exit(run_demo(home=home, devices=devices))
 
 
+@app.command(
+    "bench",
+    help=h(
+        "运行基准测试套件（需源码目录）；选项同 python -m bench --help",
+        "run the benchmark suite (from a source checkout); options: python -m bench --help",
+    ),
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    # The suite lives in the checkout (bench/ is not installed) and runs as its own process
+    # tree; nothing of it is imported here, so the CLI starts as fast as before.
+    import subprocess
+
+    from content_queue.errors import ConfigError
+
+    root = Path(__file__).resolve().parent
+    if not (root / "bench" / "suite.py").is_file():
+        raise ConfigError(
+            tr(
+                "基准测试需在源码目录中运行（{path} 下没有 bench/）",
+                "the benchmarks run from a source checkout (no bench/ under {path})",
+                path=str(root),
+            )
+        )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "bench", *ctx.args], env=env))
+
+
 # -- templates, posters, the disclosure calendar -------------------------------------------
 
 

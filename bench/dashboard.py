@@ -141,16 +141,23 @@ def seed(url: str, *, villages: int, days: int, per_day: int, now: datetime) -> 
     return total
 
 
-def _median_ms(fn: Callable[[], None], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+def _timed_ms(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
 
 
-def measure(*, villages: int, days: int, per_day: int, runs: int) -> dict[str, float]:
+def measure(
+    *,
+    villages: int,
+    days: int,
+    per_day: int,
+    runs: int,
+    samples: dict[str, list[float]] | None = None,
+) -> dict[str, float]:
+    """Medians (ms) of each page and bare query, interleaved ``runs`` times after a warm-up;
+    every sample is also put in ``samples`` when given."""
+    samples = {} if samples is None else samples
     import httpx
     from pwdlib import PasswordHash
     from pwdlib.hashers.argon2 import Argon2Hasher
@@ -182,22 +189,19 @@ def measure(*, villages: int, days: int, per_day: int, runs: int) -> dict[str, f
         )
         server = start_in_thread(settings, store, lambda: registry, accounts=accounts)
         out: dict[str, float] = {"rows": float(rows), "seed_s": seeded}
+        db = sqlite3.connect(str(home / "villagecast.sqlite"))
+        clients: dict[str, httpx.Client] = {}
         try:
             for who in ("county", "t05"):
-                with httpx.Client(base_url=server.web_url, timeout=60) as c:
-                    login = c.post("/api/v1/login", json={"username": who, "password": PASSWORD})
-                    login.raise_for_status()
+                c = httpx.Client(base_url=server.web_url, timeout=60)
+                login = c.post("/api/v1/login", json={"username": who, "password": PASSWORD})
+                login.raise_for_status()
+                clients[who] = c
 
-                    def page(c: httpx.Client = c, window: int = days) -> None:
-                        r = c.get("/overview", params={"days": window})
-                        r.raise_for_status()
-                        assert "各村情况" in r.text
-
-                    page()  # warm: templates compiled, caches filled
-                    out[f"page_{who}_ms"] = _median_ms(page, runs)
-                    if who == "county":  # the default view: the last 7 days
-                        out["page_county_7d_ms"] = _median_ms(lambda: page(window=7), runs)
-            db = sqlite3.connect(str(home / "villagecast.sqlite"))
+            def page(who: str, window: int = days) -> None:
+                r = clients[who].get("/overview", params={"days": window})
+                r.raise_for_status()
+                assert "各村情况" in r.text
 
             def bare(window: int = days) -> None:
                 since = (now - timedelta(days=window)).replace(tzinfo=None).isoformat(sep=" ")
@@ -209,11 +213,27 @@ def measure(*, villages: int, days: int, per_day: int, runs: int) -> dict[str, f
                     (since,),
                 ).fetchall()
 
-            bare()
-            out["bare_ms"] = _median_ms(bare, runs)
-            out["bare_7d_ms"] = _median_ms(lambda: bare(7), runs)
-            db.close()
+            steps: dict[str, Callable[[], None]] = {
+                "page_county_ms": lambda: page("county"),
+                "bare_ms": bare,
+                "page_county_7d_ms": lambda: page("county", 7),  # the default view
+                "bare_7d_ms": lambda: bare(7),
+                "page_t05_ms": lambda: page("t05"),
+            }
+            for step in steps.values():  # warm: templates compiled, caches filled
+                step()
+            # Page and bare query interleaved, run after run: the machine's load moves both.
+            for key in steps:
+                samples[key] = []
+            for _ in range(runs):
+                for key, step in steps.items():
+                    samples[key].append(_timed_ms(step))
+            for key, xs in samples.items():
+                out[key] = statistics.median(xs)
         finally:
+            db.close()
+            for c in clients.values():
+                c.close()
             server.shutdown()
             server.server_close()
         return out
