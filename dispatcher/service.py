@@ -34,7 +34,7 @@ from content_queue.errors import (
 from content_queue.i18n import Text, tr
 from content_queue.models import NoticeDraft, NoticeTable
 from content_queue.privacy import scan_notice
-from content_queue.registry import Registry, load_registry
+from content_queue.registry import AnyEndpoint, Registry, load_registry
 from content_queue.settings import Settings
 from content_queue.store import (
     Claim,
@@ -321,6 +321,24 @@ def backoff_seconds(attempt: int, settings: Settings, *, hint: float | None = No
     return delay
 
 
+def _context(
+    claim: Claim, endpoint: AnyEndpoint, *, store: Store, registry: Registry, settings: Settings
+) -> DeliveryContext:
+    d = claim.delivery
+    return DeliveryContext(
+        delivery_id=d.id,
+        attempt=claim.attempt,
+        notice=claim.notice,
+        endpoint=endpoint,
+        village_id=d.village_id,
+        registry=registry,
+        settings=settings,
+        store=store,
+        action="recall" if d.action == "recall" else "publish",
+        recall_of=d.recall_of,
+    )
+
+
 def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settings) -> Outcome:
     d = claim.delivery
     endpoint = registry.endpoint(d.endpoint_id)
@@ -339,18 +357,7 @@ def _attempt(claim: Claim, *, store: Store, registry: Registry, settings: Settin
     if channel is None:
         return Outcome("skipped", tr("该渠道尚未实现", "this channel is not built yet"))
     recall = d.action == "recall"
-    ctx = DeliveryContext(
-        delivery_id=d.id,
-        attempt=claim.attempt,
-        notice=claim.notice,
-        endpoint=endpoint,
-        village_id=d.village_id,
-        registry=registry,
-        settings=settings,
-        store=store,
-        action="recall" if recall else "publish",
-        recall_of=d.recall_of,
-    )
+    ctx = _context(claim, endpoint, store=store, registry=registry, settings=settings)
     try:
         result = channel.take_back(ctx) if recall else channel.deliver(ctx)
     except Exception as exc:
@@ -428,19 +435,7 @@ def _attempt_chunk(
             outcomes[i] = _attempt(claim, store=store, registry=registry, settings=settings)
             continue
         batch.append(
-            (
-                i,
-                DeliveryContext(
-                    delivery_id=d.id,
-                    attempt=claim.attempt,
-                    notice=claim.notice,
-                    endpoint=endpoint,
-                    village_id=d.village_id,
-                    registry=registry,
-                    settings=settings,
-                    store=store,
-                ),
-            )
+            (i, _context(claim, endpoint, store=store, registry=registry, settings=settings))
         )
     published: list[str] = []
     results = channel.deliver_many([ctx for _, ctx in batch]) if batch else []
