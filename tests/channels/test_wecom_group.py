@@ -749,3 +749,22 @@ def test_dispatcher_delivers_with_the_builtin_channel(wecom: Env) -> None:
     )
     assert results == {ctx.delivery_id: "delivered"}
     assert len(wecom.server.posted(wecom.key)) == 1
+
+
+def test_standin_is_quiet_when_a_client_resets_its_connection(
+    server: WecomStandin, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A killed worker resets its kept-alive connection: no traceback from the stand-in."""
+    import socket
+    import struct
+
+    host, port = server.base_url.removeprefix("http://").split(":")
+    for _ in range(3):
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(b"POST /cgi-bin/webhook/send?key=x HTTP/1.1\r\n")  # a request cut short
+        sock.close()  # SO_LINGER 0: an RST, as from a SIGKILLed process
+    time.sleep(0.5)
+    with httpx.Client() as client:  # still serving
+        assert client.post(f"{server.base_url}/cgi-bin/webhook/send?key=nokey", json={}).status_code
+    assert "Traceback" not in capfd.readouterr().err
