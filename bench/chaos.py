@@ -192,7 +192,10 @@ class Rig:
     ) -> None:
         self.stack = stack
         self.home = Path(tempfile.mkdtemp(prefix="vc-chaos-"))
-        stack.callback(shutil.rmtree, self.home, ignore_errors=True)
+        if os.environ.get("VILLAGECAST_CHAOS_KEEP"):
+            print(f"  keeping the scenario's data: {self.home}", flush=True)
+        else:
+            stack.callback(shutil.rmtree, self.home, ignore_errors=True)
         self.data = self.home / "home"
         self.data.mkdir()
         self.broker = broker
@@ -818,7 +821,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--full", action="store_true", help="the full sizes, not the CI ones")
     parser.add_argument("--broker", choices=["embedded", "redis", "both"], default="both")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep each scenario's data directory to inspect"
+    )
     args = parser.parse_args(argv)
+    if args.keep:
+        os.environ["VILLAGECAST_CHAOS_KEEP"] = "1"
     names = args.scenario or list(SCENARIOS)
     brokers = ["embedded", "redis"] if args.broker == "both" else [args.broker]
     print(f"chaos suite, {'full' if args.full else 'bounded'} sizes", flush=True)

@@ -13,7 +13,7 @@ import os
 import threading
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 from sqlalchemy import (
     Engine,
     String,
+    and_,
     bindparam,
     cast,
     create_engine,
@@ -1356,16 +1357,42 @@ class Store:
                     )
             return statuses
 
+    def overdue_kinds(self, *, redoorbell_seconds: float, now: datetime | None = None) -> set[str]:
+        """Kinds with a due pending delivery whose doorbell was rung too long ago.
+
+        The sweeper asks the broker how full these kinds' queues are before it rings them
+        again (``sweep(busy_kinds=...)``); nothing is asked when nothing is overdue.
+        """
+        now = now or utcnow()
+        stale = now - timedelta(seconds=redoorbell_seconds)
+        with self.session(readonly=True) as s:
+            return set(
+                s.scalars(
+                    select(Delivery.kind)
+                    .where(
+                        Delivery.status == S.PENDING,
+                        Delivery.due_at <= now,
+                        Delivery.enqueued_at < stale,
+                    )
+                    .distinct()
+                )
+            )
+
     def sweep(
         self,
         *,
         max_attempts: int,
         redoorbell_seconds: float,
         ack_timeout_seconds: float | None = None,
+        ring_cutoffs: Mapping[str, datetime] | None = None,
         now: datetime | None = None,
         limit: int = 5000,
     ) -> SweepReport:
         """One pass of the sweeper; idempotent, safe to run from several processes at once.
+
+        ``ring_cutoffs``: for these kinds, only deliveries last rung before the kind's
+        cutoff are rung again (the sweeper's reading of the broker queues, see
+        ``overdue_kinds``); a delivery never rung is rung at once whatever the queues hold.
 
         SQLite runs one writer at a time. On PostgreSQL every row a step moves is locked
         with ``FOR UPDATE SKIP LOCKED``: a row another sweeper or a worker is moving is
@@ -1471,14 +1498,24 @@ class Store:
                     d.updated_at = now
                     report.resent += 1
 
-            # Doorbells: due work whose last doorbell is missing or too old.
+            # Doorbells: due work whose last doorbell is missing or too old. A kind in
+            # ``ring_cutoffs`` rings again only what was rung before its cutoff: later
+            # doorbells may still be waiting in the broker's queue (content_queue/doorbells.py).
             stale = now - timedelta(seconds=redoorbell_seconds)
+            cutoffs = dict(ring_cutoffs or {})
+            due_again = or_(
+                and_(Delivery.kind.not_in(cutoffs), Delivery.enqueued_at < stale),
+                *(
+                    and_(Delivery.kind == kind, Delivery.enqueued_at < min(stale, cut))
+                    for kind, cut in cutoffs.items()
+                ),
+            )
             rows = s.execute(
                 select(Delivery.id, Delivery.kind)
                 .where(
                     Delivery.status == S.PENDING,
                     Delivery.due_at <= now,
-                    or_(Delivery.enqueued_at.is_(None), Delivery.enqueued_at < stale),
+                    or_(Delivery.enqueued_at.is_(None), due_again),
                 )
                 .order_by(Delivery.id)
                 .limit(limit)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 
 from content_queue.settings import Settings
 
-__all__ = ["SYNTHESIS_FIRST", "batches", "ring"]
+__all__ = ["SYNTHESIS_FIRST", "batches", "queued", "queues_of", "ring"]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,16 @@ def ring(
     settings: Settings,
     countdown: float | None = None,
     synthesized: bool = False,
+    rung_at: float | None = None,
 ) -> int:
     """Send one task per batch of one channel kind as a group (no chord); returns tasks sent.
 
     Loudspeaker deliveries go to ``villagecast.synthesize`` first (queue vc.synthesis),
     which rings them again with ``synthesized=True`` once their clip exists.
+
+    Each doorbell carries ``rung_at`` (now, or the first ring's time when synthesis rings
+    a loudspeaker batch on): the worker that takes it notes how far its queue has been
+    drained (content_queue/doorbells.py).
 
     Raises whatever the broker raises: callers decide whether that matters (the store
     already holds the work and the sweeper will ring again).
@@ -56,6 +63,7 @@ def ring(
     from dispatcher.celery_app import SYNTHESIS_QUEUE, app_for, queue_for
 
     app = app_for(settings)
+    stamp = {"rung_at": time.time() if rung_at is None else rung_at}
     sigs = []
     for kind, ids in ids_by_kind.items():
         first = kind in SYNTHESIS_FIRST and not synthesized
@@ -65,6 +73,7 @@ def ring(
                 app.signature(
                     "villagecast.synthesize" if first else "villagecast.deliver",
                     args=(batch, kind),
+                    kwargs=stamp,
                     queue=SYNTHESIS_QUEUE if first else queue_for(kind),
                     countdown=countdown,
                     immutable=True,
@@ -75,3 +84,31 @@ def ring(
     group(sigs, app=app).apply_async()
     log.debug("rang %d doorbell(s)", len(sigs))
     return len(sigs)
+
+
+def queues_of(kind: str) -> list[str]:
+    """The broker queues a doorbell of this kind waits in, in order."""
+    from dispatcher.celery_app import SYNTHESIS_QUEUE, queue_for
+
+    # A loudspeaker doorbell waits in the synthesis queue first, then in its own.
+    return [SYNTHESIS_QUEUE, queue_for(kind)] if kind in SYNTHESIS_FIRST else [queue_for(kind)]
+
+
+def queued(queues: Iterable[str], *, settings: Settings) -> dict[str, int]:
+    """Messages waiting in each of these broker queues (0 for one never declared).
+
+    Raises what the broker raises.
+    """
+    from kombu.exceptions import ChannelError
+
+    from dispatcher.celery_app import app_for
+
+    counts: dict[str, int] = {}
+    with app_for(settings).pool.acquire(block=True) as conn:
+        channel = conn.default_channel
+        for name in queues:
+            counts[name] = 0
+            # Never declared, or (Redis) empty: nothing waits.
+            with suppress(ChannelError):
+                counts[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+    return counts

@@ -7,9 +7,10 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from channels.base import (
     get_channel,
 )
 from content_queue.cap import ImportedAlert, parse_alert
+from content_queue.doorbells import doorbells_taken
+from content_queue.doorbells import note_doorbell_taken as note_taken
 from content_queue.errors import (
     ConfigError,
     NotFoundError,
@@ -530,11 +533,100 @@ def _kind_of(store: Store, delivery_id: int) -> str | None:
     return found[0].kind if found else None
 
 
-def sweep_once(*, store: Store, settings: Settings, ring: Ringer | None) -> SweepReport:
+QueueCounter = Callable[[set[str]], Mapping[str, int]]
+"""Messages waiting in each of these broker queues."""
+
+STUCK_FACTOR = 30
+"""A queue that holds messages while no worker has taken a doorbell from it for this many
+times ``redoorbell_seconds`` counts as stuck: its overdue doorbells are rung again (at most
+once per such period)."""
+_RING_SLACK = timedelta(seconds=1)  # ring time vs. insert order across processes
+_NOTE_EVERY = 1.0  # seconds between two notes of one queue in one process
+_noted: dict[str, tuple[float, float]] = {}  # queue -> (monotonic time, ring time) noted
+
+
+def note_doorbell_taken(store: Store, queue: str, rung_at: float | None) -> None:
+    """A worker took a doorbell rung at ``rung_at`` from ``queue``.
+
+    Written at most once a second per queue and process (or sooner when the ring time
+    moved on by a second): the note lagging only delays a re-ring.
+    """
+    if rung_at is None:
+        return
+    clock = time.monotonic()
+    last_clock, last_rung = _noted.get(queue, (float("-inf"), float("-inf")))
+    if clock - last_clock < _NOTE_EVERY and rung_at < last_rung + _NOTE_EVERY:
+        return
+    _noted[queue] = (clock, max(rung_at, last_rung))
+    try:
+        note_taken(store, queue, datetime.fromtimestamp(rung_at, UTC))
+    except Exception as exc:  # only the sweeper's pacing depends on it
+        log.warning("could not note the doorbell taken from %s: %s", queue, type(exc).__name__)
+
+
+def ring_cutoffs(
+    store: Store, kinds: set[str], queued: QueueCounter, settings: Settings
+) -> dict[str, datetime]:
+    """For each kind, the ring time before which its doorbells can no longer be queued.
+
+    An empty queue holds none. One that holds messages holds, in order, every doorbell rung
+    after the last one a worker took from it; if no worker has taken one for
+    ``STUCK_FACTOR`` x ``redoorbell_seconds`` it counts as stuck, and doorbells older than
+    that are rung again. Kinds with nothing queued are left out (every overdue delivery of
+    theirs may be rung again).
+    """
+    from dispatcher.doorbell import queues_of
+
+    now = utcnow()
+    chains = {kind: queues_of(kind) for kind in kinds}
+    counts = queued({q for qs in chains.values() for q in qs})
+    busy = [q for q, n in counts.items() if n > 0]
+    if not busy:
+        return {}
+    taken = doorbells_taken(store, busy)
+    stuck = now - timedelta(seconds=STUCK_FACTOR * settings.redoorbell_seconds)
+    cutoffs: dict[str, datetime] = {}
+    for kind, queues in chains.items():
+        cut = now
+        for q in queues:
+            if counts.get(q, 0) > 0:
+                seen = taken.get(q)
+                if seen is None or seen.noted_at < stuck:
+                    cut = min(cut, stuck)
+                else:
+                    cut = min(cut, seen.rung_at - _RING_SLACK)
+        if cut < now:
+            cutoffs[kind] = cut
+    return cutoffs
+
+
+def sweep_once(
+    *,
+    store: Store,
+    settings: Settings,
+    ring: Ringer | None,
+    queued: QueueCounter | None = None,
+) -> SweepReport:
+    """One sweep; ``queued`` (the broker's queue lengths) keeps re-rings off a backlog.
+
+    A re-ring while the earlier doorbell still waits in its queue only lengthens the queue
+    every worker drains: under a backlog that outlasts ``redoorbell_seconds`` (a large
+    fan-out on the embedded broker with workers dying) the re-rings used to pile up faster
+    than they were drained. Without ``queued`` every overdue delivery is rung again.
+    """
+    cutoffs: dict[str, datetime] = {}
+    if queued is not None and ring is not None:
+        overdue = store.overdue_kinds(redoorbell_seconds=settings.redoorbell_seconds)
+        if overdue:
+            try:
+                cutoffs = ring_cutoffs(store, overdue, queued, settings)
+            except Exception as exc:  # ringing will tell whether the broker is really gone
+                log.warning("sweeper could not read the queue lengths: %s", type(exc).__name__)
     report = store.sweep(
         max_attempts=settings.max_attempts,
         redoorbell_seconds=settings.redoorbell_seconds,
         ack_timeout_seconds=settings.ack_timeout_seconds,
+        ring_cutoffs=cutoffs,
     )
     if report.ring and ring is not None:
         try:

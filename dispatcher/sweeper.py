@@ -30,11 +30,14 @@ def run_sweeper(
     Several sweepers may run at once (one per worker machine): every step is a
     compare-and-set in the store, so they never hand the same delivery out twice.
     """
-    from dispatcher.doorbell import ring
+    from dispatcher.doorbell import queued, ring
 
     def _ring(ids_by_kind: dict[str, list[int]] | object, countdown: float | None) -> object:
         assert isinstance(ids_by_kind, dict)
         return ring(ids_by_kind, settings=settings, countdown=countdown)
+
+    def _queued(queues: set[str]) -> dict[str, int]:
+        return queued(queues, settings=settings)
 
     store = service.open_store(settings)
     while not stop.is_set():
@@ -42,7 +45,7 @@ def run_sweeper(
             log.info("parent %s is gone; sweeper exits", parent_pid)
             return
         try:
-            report = service.sweep_once(store=store, settings=settings, ring=_ring)
+            report = service.sweep_once(store=store, settings=settings, ring=_ring, queued=_queued)
             _follow_official_accounts(store, settings)
             if report.rung or report.reclaimed or report.gave_up or report.expired:
                 log.info(

@@ -10,6 +10,7 @@ from celery.signals import worker_process_init
 
 from content_queue.settings import get_settings
 from dispatcher import service
+from dispatcher.celery_app import SYNTHESIS_QUEUE, queue_for
 from dispatcher.doorbell import ring as ring_doorbell
 
 __all__ = ["deliver", "ping", "synthesize"]
@@ -38,7 +39,9 @@ def _ring(ids_by_kind: Mapping[str, Sequence[int]], countdown: float | None) -> 
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def deliver(delivery_ids: list[int], kind: str | None = None) -> dict[str, str]:
+def deliver(
+    delivery_ids: list[int], kind: str | None = None, rung_at: float | None = None
+) -> dict[str, str]:
     """Deliver a batch of deliveries of one channel kind (ids only; the store is the truth).
 
     Retries are not Celery retries: a transient failure is written to the store with its
@@ -46,6 +49,8 @@ def deliver(delivery_ids: list[int], kind: str | None = None) -> dict[str, str]:
     """
     settings = get_settings()
     store = service.open_store(settings)
+    if kind is not None:
+        service.note_doorbell_taken(store, queue_for(kind), rung_at)
     results = service.process_deliveries(
         delivery_ids, store=store, settings=settings, ring=_ring, kind=kind
     )
@@ -58,7 +63,9 @@ def deliver(delivery_ids: list[int], kind: str | None = None) -> dict[str, str]:
     reject_on_worker_lost=True,
     ignore_result=True,
 )
-def synthesize(delivery_ids: list[int], kind: str = "speaker") -> dict[str, int]:
+def synthesize(
+    delivery_ids: list[int], kind: str = "speaker", rung_at: float | None = None
+) -> dict[str, int]:
     """Make the clips these loudspeaker deliveries need, then ring their delivery.
 
     Runs on the vc.synthesis worker (K threads). A failure is noted for the deliveries to
@@ -68,8 +75,9 @@ def synthesize(delivery_ids: list[int], kind: str = "speaker") -> dict[str, int]
 
     settings = get_settings()
     store = service.open_store(settings)
+    service.note_doorbell_taken(store, SYNTHESIS_QUEUE, rung_at)
     report = prepare_clips(delivery_ids, store=store, settings=settings)
-    ring_doorbell({kind: delivery_ids}, settings=settings, synthesized=True)
+    ring_doorbell({kind: delivery_ids}, settings=settings, synthesized=True, rung_at=rung_at)
     return {"made": report.made, "hits": report.hits, "failed": len(report.failed)}
 
 

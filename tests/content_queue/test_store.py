@@ -199,6 +199,45 @@ def test_sweeper_rings_again_only_after_redoorbell_delay(store: Store) -> None:
     assert again.ring == {"tv_feed": [ds[0].id]}
 
 
+def test_ring_cutoffs_keep_doorbells_that_may_still_be_queued(store: Store) -> None:
+    """A kind with a cutoff rings again only what was rung before it (its queue holds the
+    rest); other kinds ring whatever is overdue."""
+    plans = [*PLANS[:2], PlannedDelivery("a-wecom", "wecom_group", "a", "t")]
+    _, ds = store.add_notice(build_notice(_notice()), plans, now=T0)
+    store.mark_enqueued([ds[0].id, ds[2].id], now=T0)
+    store.mark_enqueued([ds[1].id], now=T0 + timedelta(seconds=20))
+    later = T0 + timedelta(seconds=100)
+    assert store.overdue_kinds(redoorbell_seconds=30, now=later) == {"tv_feed", "wecom_group"}
+    report = store.sweep(
+        max_attempts=3,
+        redoorbell_seconds=30,
+        ring_cutoffs={"tv_feed": T0 + timedelta(seconds=10)},
+        now=later,
+    )
+    assert report.ring == {"tv_feed": [ds[0].id], "wecom_group": [ds[2].id]}
+    # The cutoff never rings what is not overdue yet.
+    again = store.sweep(
+        max_attempts=3,
+        redoorbell_seconds=30,
+        ring_cutoffs={"tv_feed": later},
+        now=later + timedelta(seconds=10),
+    )
+    assert again.ring == {"tv_feed": [ds[1].id]}
+    assert store.overdue_kinds(redoorbell_seconds=30, now=later + timedelta(seconds=10)) == set()
+
+
+def test_a_cutoff_never_holds_a_delivery_that_has_no_doorbell(store: Store) -> None:
+    _, ds = store.add_notice(build_notice(_notice()), PLANS[:1], now=T0)  # never rung
+    assert store.overdue_kinds(redoorbell_seconds=30, now=T0) == set()
+    report = store.sweep(
+        max_attempts=3,
+        redoorbell_seconds=30,
+        ring_cutoffs={"tv_feed": T0 - timedelta(hours=1)},
+        now=T0,
+    )
+    assert report.ring == {"tv_feed": [ds[0].id]}
+
+
 def test_expiry_ends_waiting_and_sent_deliveries(store: Store) -> None:
     exp = T0 + timedelta(hours=1)
     _, ds = store.add_notice(
