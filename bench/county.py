@@ -19,9 +19,9 @@ child). On Redis:
   bookkeeping and the ack, and the idle BRPOPs that time out) plus the MQTT publishes
   (the commands the boards received, duplicates included), over the deliveries that became
   ``delivered``. Goal <= 3; the floor is 1 (one MQTT publish per device). The same on the
-  embedded broker (rows inserted into and updated in kombu's ``kombu_message`` and
-  ``kombu_queue``: a message is inserted when sent and updated ``visible = 0`` when
-  fetched), on a rig of up to 1,000 boards.
+  embedded broker (rows inserted into and deleted from ``kombu_message``, and inserted
+  into ``kombu_queue``: a message is inserted when sent and deleted when taken), on a rig
+  of up to 1,000 boards.
 - **memory**: RSS (and PSS) of the worker's process tree (the worker and its pool),
   sampled every 0.25 s; the peak during each single 5,000-board fan-out against a bare Celery
   worker (bench/bare_worker.py: same pool, same concurrency, its own Redis so its polls do
@@ -276,8 +276,9 @@ class RedisWrites:
 
 
 class KombuWrites:
-    """Rows inserted into and updated in the embedded broker's tables (kombu's SQL transport
-    keeps consumed messages with visible = 0, so both can be counted afterwards)."""
+    """Rows inserted into and deleted from the embedded broker's tables: a message is
+    inserted when sent and deleted when a worker takes it (dispatcher/_sqla_transport.py);
+    ``sqlite_sequence`` keeps the number ever inserted (the table is AUTOINCREMENT)."""
 
     def __init__(self, url: str) -> None:
         self.path = url.removeprefix("sqla+").removeprefix("sqlite:///")
@@ -285,17 +286,18 @@ class KombuWrites:
     def snapshot(self) -> Counter[str]:
         db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
         try:
-            msg = db.execute(
-                "SELECT coalesce(max(id), 0), coalesce(sum(visible = 0), 0) FROM kombu_message"
-            ).fetchone()
-            queues = db.execute("SELECT count(*) FROM kombu_queue").fetchone()
+            seq = db.execute(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'kombu_message'"
+            ).fetchone()[0]
+            waiting = db.execute("SELECT count(*) FROM kombu_message").fetchone()[0]
+            queues = db.execute("SELECT count(*) FROM kombu_queue").fetchone()[0]
         except sqlite3.OperationalError:  # the tables appear with the first message
             return Counter()
         finally:
             db.close()
         return Counter(
-            {"kombu_message insert": msg[0], "kombu_message update": msg[1],
-             "kombu_queue insert": queues[0]}
+            {"kombu_message insert": seq, "kombu_message delete": seq - waiting,
+             "kombu_queue insert": queues}
         )  # fmt: skip
 
 
