@@ -1198,6 +1198,117 @@ class Store:
             _end(d, status, now, outcome.text, code=outcome.code)
         return d.status
 
+    @staticmethod
+    def _finish_simple(
+        s: Session,
+        results: Sequence[tuple[Claim, Outcome]],
+        leases: dict[int, tuple[str, str | None, str, dict[str, Any] | None]],
+        acked: frozenset[int],
+        *,
+        now: datetime,
+    ) -> None:
+        """:meth:`_finish`'s rules for owned ``sent`` and ``delivered`` outcomes, grouped:
+        one statement per new status, one ``executemany`` for the external refs and the
+        details (merged into what the delivery had), and one statement per distinct attempt
+        outcome (a chunk has one), closing the attempts by their tokens without reading
+        their rows first."""
+        sent_ids: list[int] = []
+        delivered_ids: list[int] = []
+        confirmed_ids: list[int] = []
+        refs: list[dict[str, Any]] = []
+        with_details: list[dict[str, Any]] = []
+        closing: dict[tuple[str, str | None, str | None, str | None], list[Claim]]
+        closing = defaultdict(list)
+        for claim, outcome in results:
+            did = claim.delivery.id
+            _, _, kind, details = leases[did]
+            if outcome.kind == "delivered":
+                delivered_ids.append(did)
+            elif kind in ACKED_KINDS and did in acked:
+                # The device acked before this worker recorded the publish.
+                confirmed_ids.append(did)
+            else:
+                sent_ids.append(did)
+            if outcome.details:
+                with_details.append(
+                    {
+                        "b_id": did,
+                        "b_ref": outcome.external_ref,
+                        "b_details": {**(details or {}), **outcome.details},
+                    }
+                )
+            elif outcome.external_ref is not None:
+                refs.append({"b_id": did, "b_ref": outcome.external_ref})
+            text = outcome.text
+            key = (
+                outcome.attempt_outcome or outcome.kind,
+                outcome.code,
+                text.render("zh") if text else None,
+                text.render("en") if text else None,
+            )
+            closing[key].append(claim)
+        common: dict[str, Any] = {
+            "lease_until": None,
+            "leased_by": None,
+            "updated_at": now,
+            "error_code": None,
+            "error_zh": None,
+            "error_en": None,
+        }
+        for chosen, values in (
+            (sent_ids, {"status": S.SENT, "sent_at": now}),
+            (
+                confirmed_ids,
+                {"status": S.DELIVERED, "sent_at": now, "delivered_at": now, "finished_at": now},
+            ),
+            (
+                delivered_ids,
+                {
+                    "status": S.DELIVERED,
+                    "sent_at": func.coalesce(Delivery.sent_at, literal(now, UTCDateTime)),
+                    "delivered_at": now,
+                    "finished_at": now,
+                },
+            ),
+        ):
+            if chosen:
+                s.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(chosen))
+                    .values(**(common | values))
+                    .execution_options(synchronize_session=False)
+                )
+        conn = s.connection()  # plain executemany, no ORM bookkeeping
+        if refs:
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id == bindparam("b_id"))
+                .values(external_ref=bindparam("b_ref")),
+                refs,
+            )
+        if with_details:
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id == bindparam("b_id"))
+                .values(
+                    external_ref=func.coalesce(
+                        bindparam("b_ref", type_=String), Delivery.external_ref
+                    ),
+                    details=bindparam("b_details", type_=Delivery.details.type),
+                ),
+                with_details,
+            )
+        for (kind, code, zh, en), claims in closing.items():
+            s.execute(
+                update(Attempt)
+                .where(
+                    Attempt.delivery_id.in_([c.delivery.id for c in claims]),
+                    Attempt.worker.in_([c.token for c in claims]),
+                )
+                .values(finished_at=now, outcome=kind, error_code=code, error_zh=zh, error_en=en)
+                .execution_options(synchronize_session=False)
+            )
+
     def finish_chunk(
         self,
         results: Sequence[tuple[Claim, Outcome]],
@@ -1210,9 +1321,10 @@ class Store:
         chunk that the broker accepted as published (recorded before they were published,
         by :meth:`record_commands`).
 
-        The common case of a fan-out, a ``sent`` outcome for a delivery still under this
-        worker's lease, is written with one batched statement per table; every other
-        outcome goes through the same per-row rules as :meth:`finish_many`.
+        The common cases, a ``sent`` or ``delivered`` outcome for a delivery still under
+        this worker's lease, are written with a few batched statements for the whole chunk
+        (one per outcome, plus one ``executemany`` for the external refs and details); every
+        other outcome goes through the same per-row rules as :meth:`finish_many`.
         """
         now = now or utcnow()
         ids = [c.delivery.id for c, _ in results]
@@ -1222,9 +1334,15 @@ class Store:
             # an ack recorded concurrently either commits before this (and is seen below)
             # or waits for this commit and then confirms the 'sent' delivery itself.
             leases = {
-                did: (status, leased_by, kind)
-                for did, status, leased_by, kind in s.execute(
-                    select(Delivery.id, Delivery.status, Delivery.leased_by, Delivery.kind)
+                did: (status, leased_by, kind, details)
+                for did, status, leased_by, kind, details in s.execute(
+                    select(
+                        Delivery.id,
+                        Delivery.status,
+                        Delivery.leased_by,
+                        Delivery.kind,
+                        Delivery.details,
+                    )
                     .where(Delivery.id.in_(ids))
                     .order_by(Delivery.id)
                     .with_for_update()
@@ -1250,86 +1368,16 @@ class Store:
             for i, (c, o) in enumerate(results):
                 lease = leases.get(c.delivery.id)
                 owned = lease is not None and lease[0] == S.SENDING and lease[1] == c.token
-                (simple if owned and o.kind == "sent" and not o.details else other).append(i)
+                (simple if owned and o.kind in ("sent", "delivered") else other).append(i)
             statuses: list[str] = [""] * len(results)
             if simple:
-                attempt_ids = dict(
-                    s.execute(
-                        select(Attempt.worker, Attempt.id).where(
-                            Attempt.delivery_id.in_([ids[i] for i in simple]),
-                            Attempt.worker.in_([tokens[i] for i in simple]),
-                        )
-                    ).all()
-                )
-                # Grouped: one statement for the deliveries sent, one for those the device
-                # had already acked, the external refs in one executemany, and one statement
-                # per distinct attempt outcome (a chunk has one).
-                sent_ids: list[int] = []
-                confirmed_ids: list[int] = []
-                refs: list[dict[str, Any]] = []
-                closing: dict[tuple[str, str | None, str | None, str | None], list[int]]
-                closing = defaultdict(list)
+                self._finish_simple(s, [results[i] for i in simple], leases, acked, now=now)
                 for i in simple:
                     claim, outcome = results[i]
                     did = claim.delivery.id
-                    if leases[did][2] in ACKED_KINDS and did in acked:
-                        # The device acked before this worker recorded the publish.
-                        confirmed_ids.append(did)
-                        statuses[i] = S.DELIVERED
-                    else:
-                        sent_ids.append(did)
-                        statuses[i] = S.SENT
-                    if outcome.external_ref is not None:
-                        refs.append({"b_id": did, "b_ref": outcome.external_ref})
-                    if claim.token in attempt_ids:
-                        text = outcome.text
-                        key = (
-                            outcome.attempt_outcome or outcome.kind,
-                            outcome.code,
-                            text.render("zh") if text else None,
-                            text.render("en") if text else None,
-                        )
-                        closing[key].append(attempt_ids[claim.token])
-                sent_values: dict[str, Any] = {
-                    "status": S.SENT,
-                    "sent_at": now,
-                    "lease_until": None,
-                    "leased_by": None,
-                    "updated_at": now,
-                    "error_code": None,
-                    "error_zh": None,
-                    "error_en": None,
-                }
-                for chosen, extra in (
-                    (sent_ids, {}),
-                    (
-                        confirmed_ids,
-                        {"status": S.DELIVERED, "delivered_at": now, "finished_at": now},
-                    ),
-                ):
-                    if chosen:
-                        s.execute(
-                            update(Delivery)
-                            .where(Delivery.id.in_(chosen))
-                            .values(**(sent_values | extra))
-                            .execution_options(synchronize_session=False)
-                        )
-                if refs:
-                    s.connection().execute(  # plain executemany, no ORM bookkeeping
-                        update(Delivery)
-                        .where(Delivery.id == bindparam("b_id"))
-                        .values(external_ref=bindparam("b_ref")),
-                        refs,
-                    )
-                for (kind, code, zh, en), attempt_list in closing.items():
-                    s.execute(
-                        update(Attempt)
-                        .where(Attempt.id.in_(attempt_list))
-                        .values(
-                            finished_at=now, outcome=kind, error_code=code, error_zh=zh, error_en=en
-                        )
-                        .execution_options(synchronize_session=False)
-                    )
+                    confirmed = leases[did][2] in ACKED_KINDS and did in acked
+                    sent = outcome.kind == "sent" and not confirmed
+                    statuses[i] = S.SENT if sent else S.DELIVERED
             if other:
                 other_ids = [ids[i] for i in other]
                 rows = {
