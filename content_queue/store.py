@@ -914,14 +914,14 @@ class Store:
             q = (
                 select(*_VIEW_COLUMNS)
                 .where(
-                    Delivery.id.in_(list(ids)),
+                    Delivery.id.in_(_many("ids")),
                     Delivery.status == S.PENDING,
                     Delivery.due_at <= now,
                 )
                 .order_by(Delivery.id)
                 .with_for_update(skip_locked=True)
             )
-            rows = [dict(r._mapping) for r in s.execute(q)]
+            rows = [dict(r._mapping) for r in s.execute(q, {"ids": list(ids)})]
             if not rows:
                 return []
             notices = {
@@ -1010,19 +1010,20 @@ class Store:
             # token about as long as the 12 digits it had before.
             prefix = f"{worker}:{uuid.uuid4().hex[:8]}."
             leased_ids = [d["id"] for d in leased]
-            s.execute(
+            conn = s.connection()  # Core statements: no ORM rows are involved
+            conn.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(leased_ids))
+                .where(Delivery.id.in_(_many("ids")))
                 .values(
                     status=S.SENDING,
                     attempts=Delivery.attempts + 1,
                     lease_until=now + timedelta(seconds=lease_seconds),
                     leased_by=literal(prefix, String) + cast(Delivery.id, String),
                     updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
+                ),
+                {"ids": leased_ids},
             )
-            s.connection().execute(
+            conn.execute(
                 insert(Attempt).from_select(
                     ["delivery_id", "number", "worker", "started_at"],
                     select(
@@ -1031,9 +1032,10 @@ class Store:
                         Delivery.leased_by,
                         literal(now, UTCDateTime),
                     )
-                    .where(Delivery.id.in_(leased_ids))
+                    .where(Delivery.id.in_(_many("ids")))
                     .order_by(Delivery.id),
-                )
+                ),
+                {"ids": leased_ids},
             )
             for d in leased:
                 number = d["attempts"] + 1
