@@ -270,10 +270,10 @@ def test_a_slow_answer_sends_the_rest_side_by_side_and_later_rounds_too(
 ) -> None:
     channel = get_channel("wecom_group")
     assert isinstance(channel, WecomGroupChannel)
-    monkeypatch.setattr(WecomGroupChannel, "inline_max_seconds", 0.1)
+    monkeypatch.setattr(WecomGroupChannel, "inline_max_seconds", 0.3)
     threads = _record_threads(channel, monkeypatch)
     slow = county.keys[0]
-    county.server.fail_next(slow, Fault(delay=0.5, posted=True))  # answered, but late
+    county.server.fail_next(slow, Fault(delay=0.8, posted=True))  # answered, but late
     ids = county.notice("两段通知", parts=2)
     assert county.run(ids) == dict.fromkeys(ids, "delivered")
     # Requests leave in robot order within a round: those before the slow robot's (none
