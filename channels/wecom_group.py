@@ -442,13 +442,13 @@ class WecomGroupChannel(Channel):
     parallel: ClassVar[int] = 25
     """Robots sent to at once from one worker process (a whole chunk)."""
     inline_max_seconds: ClassVar[float] = 0.002
-    """A round's requests go one after the other on the worker's own thread while each
-    comes back within this (a proxy or a stand-in next door); the first that takes longer
-    sends the rest of the round, and the rounds of the next ``fan_out_seconds``, side by
-    side on the pool. On loopback a request costs a few tenths of a millisecond of CPU and
+    """A round's requests go one after the other on the worker's own thread while they
+    come back within this (a proxy or a stand-in next door); two slower ones in a row send
+    the rest of the round, and the rounds of the next ``fan_out_seconds``, side by side on
+    the pool. On loopback a request costs a few tenths of a millisecond of CPU and
     handing it to a thread costs as much again; against WeCom's tens of milliseconds the
     threads are what makes a chunk fast."""
-    fan_out_seconds: ClassVar[float] = 60.0
+    fan_out_seconds: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -756,11 +756,15 @@ class WecomGroupChannel(Channel):
         if time.monotonic() < self._fan_out_until:
             return list(pool.map(call, runs))
         results: list[_T | BaseException] = []
+        slow = 0
         for i, run in enumerate(runs):
             started = time.monotonic()
             results.append(call(run))
             finished = time.monotonic()
-            if finished - started > self.inline_max_seconds and i + 1 < len(runs):
+            # Two slow answers in a row, not one: a loopback request now and then takes a
+            # few milliseconds (a collection, the scheduler), a far side does every time.
+            slow = slow + 1 if finished - started > self.inline_max_seconds else 0
+            if slow >= 2 and i + 1 < len(runs):
                 self._fan_out_until = finished + self.fan_out_seconds
                 results += pool.map(call, runs[i + 1 :])
                 break
