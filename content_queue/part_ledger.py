@@ -9,12 +9,13 @@ cut off by a dead worker, so its outcome is unknown.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Executable, Table, select
 from sqlalchemy.orm import Session
 
 from content_queue.db import SendPart
@@ -93,33 +94,32 @@ def parts_of_many(store: Store, delivery_ids: Sequence[int]) -> dict[int, dict[s
     return found
 
 
-def _upsert(s: Session, rows: list[dict[str, Any]], update: Sequence[str]) -> None:
-    """Insert ``rows`` into send_parts; a row that exists gets the ``update`` columns."""
-    dialect = s.get_bind().dialect.name
+@functools.cache
+def _upsert_statement(dialect: str, update: tuple[str, ...]) -> Executable:
+    """``INSERT ... ON CONFLICT (delivery_id, part_key) DO UPDATE`` of the ``update``
+    columns, built once per dialect (a round writes one per batch of parts)."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         pg = pg_insert(_PARTS)
-        s.execute(
-            pg.on_conflict_do_update(
-                index_elements=["delivery_id", "part_key"],
-                set_={c: pg.excluded[c] for c in update},
-            ),
-            rows,
+        return pg.on_conflict_do_update(
+            index_elements=["delivery_id", "part_key"], set_={c: pg.excluded[c] for c in update}
         )
-    elif dialect == "sqlite":
+    if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as lite_insert
 
         lite = lite_insert(_PARTS)
-        s.execute(
-            lite.on_conflict_do_update(
-                index_elements=["delivery_id", "part_key"],
-                set_={c: lite.excluded[c] for c in update},
-            ),
-            rows,
+        return lite.on_conflict_do_update(
+            index_elements=["delivery_id", "part_key"], set_={c: lite.excluded[c] for c in update}
         )
-    else:  # pragma: no cover - other databases are not supported
-        raise NotImplementedError(dialect)
+    raise NotImplementedError(dialect)  # pragma: no cover - other databases are not supported
+
+
+def _upsert(s: Session, rows: list[dict[str, Any]], update: tuple[str, ...]) -> None:
+    """Insert ``rows`` into send_parts; a row that exists gets the ``update`` columns.
+    Run on the session's connection: plain Core ``executemany``, no ORM bookkeeping."""
+    conn = s.connection()
+    conn.execute(_upsert_statement(conn.dialect.name, update), rows)
 
 
 def mark_sending_many_in(

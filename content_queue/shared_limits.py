@@ -33,12 +33,13 @@ Time
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Executable, Table, and_, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from content_queue.db import KvEntry, RateEvent
@@ -89,23 +90,47 @@ def _ensure_row(s: Session, key: str, now: datetime) -> KvEntry:
     return row
 
 
+@functools.cache
+def _insert_ignore_statement(dialect: str) -> Executable:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(_KV).on_conflict_do_nothing(index_elements=["key"])
+    from sqlalchemy.dialects.sqlite import insert as lite_insert
+
+    return lite_insert(_KV).on_conflict_do_nothing(index_elements=["key"])
+
+
 def _insert_ignore_kv(s: Session, keys: Sequence[str], now: datetime) -> None:
     """Create the kv rows that do not exist yet (empty), in one statement."""
     rows = [{"key": k, "value": "", "expires_at": None, "updated_at": now} for k in keys]
     dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        s.execute(pg_insert(_KV).on_conflict_do_nothing(index_elements=["key"]), rows)
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as lite_insert
-
-        s.execute(lite_insert(_KV).on_conflict_do_nothing(index_elements=["key"]), rows)
+    if dialect in ("postgresql", "sqlite"):
+        # Statements built once, run on the session's connection (plain Core executemany).
+        s.connection().execute(_insert_ignore_statement(dialect), rows)
     else:  # pragma: no cover - other databases are not supported
         have = set(s.scalars(select(_KV.c.key).where(_KV.c.key.in_(keys))))
         missing = [r for r in rows if r["key"] not in have]
         if missing:
             s.execute(insert(_KV), missing)
+
+
+_LOCK_ROWS = (
+    select(_KV.c.key, _KV.c.value, _KV.c.expires_at)
+    .where(_KV.c.key.in_(bindparam("keys", expanding=True)))
+    .order_by(_KV.c.key)
+    .with_for_update()
+)
+_TAKE_LOCKS = (
+    update(_KV)
+    .where(_KV.c.key == bindparam("k"))
+    .values(value=bindparam("owner"), expires_at=bindparam("until"), updated_at=bindparam("now"))
+)
+_RELEASE_LOCKS = (
+    update(_KV)
+    .where(and_(_KV.c.key == bindparam("k"), _KV.c.value == bindparam("owner")))
+    .values(value="", expires_at=None, updated_at=bindparam("now"))
+)
 
 
 _Row = tuple[str, datetime | None]
@@ -119,12 +144,7 @@ def lock_rows_in(s: Session, keys: Iterable[str], *, now: datetime) -> dict[str,
     if not ordered:
         return {}
     _insert_ignore_kv(s, ordered, now)
-    found = s.execute(
-        select(_KV.c.key, _KV.c.value, _KV.c.expires_at)
-        .where(_KV.c.key.in_(ordered))
-        .order_by(_KV.c.key)
-        .with_for_update()
-    )
+    found = s.connection().execute(_LOCK_ROWS, {"keys": ordered})
     return {key: (value, expires) for key, value, expires in found}
 
 
@@ -163,15 +183,12 @@ def acquire_locks_in(
     for w in wanted:
         waits[w.key] = wait = _held_by_other(rows[w.key], w.owner, now)
         if not wait:
-            take.append({"k": w.key, "owner": w.owner, "until": now + timedelta(seconds=w.ttl)})
+            take.append(
+                {"k": w.key, "owner": w.owner, "until": now + timedelta(seconds=w.ttl), "now": now}
+            )
     if take:
         take.sort(key=lambda t: str(t["k"]))
-        s.execute(
-            update(_KV)
-            .where(_KV.c.key == bindparam("k"))
-            .values(value=bindparam("owner"), expires_at=bindparam("until"), updated_at=now),
-            take,
-        )
+        s.connection().execute(_TAKE_LOCKS, take)
     return waits
 
 
@@ -179,12 +196,10 @@ def release_locks_in(s: Session, held: Sequence[tuple[str, str]], *, now: dateti
     """:func:`release_lock_in` for several (key, owner) pairs, in one statement."""
     if not held:
         return
-    s.execute(
-        update(_KV)
-        .where(and_(_KV.c.key == bindparam("k"), _KV.c.value == bindparam("owner")))
-        .values(value="", expires_at=None, updated_at=now),
+    s.connection().execute(
+        _RELEASE_LOCKS,
         # In key order, as every batch here: two releasers never wait on each other in a cycle.
-        [{"k": k, "owner": o} for k, o in sorted(held)],
+        [{"k": k, "owner": o, "now": now} for k, o in sorted(held)],
     )
 
 

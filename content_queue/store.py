@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from sqlalchemy import (
+    BindParameter,
     Engine,
     String,
     and_,
@@ -913,14 +914,14 @@ class Store:
             q = (
                 select(*_VIEW_COLUMNS)
                 .where(
-                    Delivery.id.in_(list(ids)),
+                    Delivery.id.in_(_many("ids")),
                     Delivery.status == S.PENDING,
                     Delivery.due_at <= now,
                 )
                 .order_by(Delivery.id)
                 .with_for_update(skip_locked=True)
             )
-            rows = [dict(r._mapping) for r in s.execute(q)]
+            rows = [dict(r._mapping) for r in s.execute(q, {"ids": list(ids)})]
             if not rows:
                 return []
             notices = {
@@ -1009,19 +1010,20 @@ class Store:
             # token about as long as the 12 digits it had before.
             prefix = f"{worker}:{uuid.uuid4().hex[:8]}."
             leased_ids = [d["id"] for d in leased]
-            s.execute(
+            conn = s.connection()  # Core statements: no ORM rows are involved
+            conn.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(leased_ids))
+                .where(Delivery.id.in_(_many("ids")))
                 .values(
                     status=S.SENDING,
                     attempts=Delivery.attempts + 1,
                     lease_until=now + timedelta(seconds=lease_seconds),
                     leased_by=literal(prefix, String) + cast(Delivery.id, String),
                     updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
+                ),
+                {"ids": leased_ids},
             )
-            s.connection().execute(
+            conn.execute(
                 insert(Attempt).from_select(
                     ["delivery_id", "number", "worker", "started_at"],
                     select(
@@ -1030,9 +1032,10 @@ class Store:
                         Delivery.leased_by,
                         literal(now, UTCDateTime),
                     )
-                    .where(Delivery.id.in_(leased_ids))
+                    .where(Delivery.id.in_(_many("ids")))
                     .order_by(Delivery.id),
-                )
+                ),
+                {"ids": leased_ids},
             )
             for d in leased:
                 number = d["attempts"] + 1
@@ -1198,6 +1201,122 @@ class Store:
             _end(d, status, now, outcome.text, code=outcome.code)
         return d.status
 
+    @staticmethod
+    def _finish_simple(
+        s: Session,
+        results: Sequence[tuple[Claim, Outcome]],
+        leases: dict[int, tuple[str, str | None, str, dict[str, Any] | None]],
+        acked: frozenset[int],
+        *,
+        now: datetime,
+    ) -> None:
+        """:meth:`_finish`'s rules for owned ``sent`` and ``delivered`` outcomes, grouped by
+        new status: one statement for the deliveries without details (and an
+        ``executemany`` for their external refs), one ``executemany`` for those with
+        details (merged into what the delivery had); and one statement per distinct
+        attempt outcome (a chunk has one), closing the attempts by their tokens without
+        reading their rows first."""
+        groups: dict[str, tuple[list[int], list[dict[str, Any]]]] = {
+            "sent": ([], []),
+            "confirmed": ([], []),
+            "delivered": ([], []),
+        }
+        refs: list[dict[str, Any]] = []
+        closing: dict[tuple[str, str | None, str | None, str | None], list[Claim]]
+        closing = defaultdict(list)
+        for claim, outcome in results:
+            did = claim.delivery.id
+            _, _, kind, details = leases[did]
+            if outcome.kind == "delivered":
+                plain, detailed = groups["delivered"]
+            elif kind in ACKED_KINDS and did in acked:
+                # The device acked before this worker recorded the publish.
+                plain, detailed = groups["confirmed"]
+            else:
+                plain, detailed = groups["sent"]
+            if outcome.details:
+                detailed.append(
+                    {
+                        "b_id": did,
+                        "b_ref": outcome.external_ref,
+                        "b_details": {**(details or {}), **outcome.details},
+                    }
+                )
+            else:
+                plain.append(did)
+                if outcome.external_ref is not None:
+                    refs.append({"b_id": did, "b_ref": outcome.external_ref})
+            text = outcome.text
+            key = (
+                outcome.attempt_outcome or outcome.kind,
+                outcome.code,
+                text.render("zh") if text else None,
+                text.render("en") if text else None,
+            )
+            closing[key].append(claim)
+        conn = s.connection()  # Core statements, no ORM bookkeeping per row
+        common: dict[str, Any] = {
+            "lease_until": None,
+            "leased_by": None,
+            "updated_at": now,
+            "error_code": None,
+            "error_zh": None,
+            "error_en": None,
+        }
+        values: dict[str, dict[str, Any]] = {
+            "sent": {"status": S.SENT, "sent_at": now},
+            "confirmed": {
+                "status": S.DELIVERED,
+                "sent_at": now,
+                "delivered_at": now,
+                "finished_at": now,
+            },
+            "delivered": {
+                "status": S.DELIVERED,
+                "sent_at": func.coalesce(Delivery.sent_at, literal(now, UTCDateTime)),
+                "delivered_at": now,
+                "finished_at": now,
+            },
+        }
+        for name, (plain, detailed) in groups.items():
+            if plain:
+                conn.execute(
+                    update(Delivery)
+                    .where(Delivery.id.in_(_many("ids")))
+                    .values(**(common | values[name])),
+                    {"ids": plain},
+                )
+            if detailed:
+                conn.execute(
+                    update(Delivery)
+                    .where(Delivery.id == bindparam("b_id"))
+                    .values(
+                        **(common | values[name]),
+                        external_ref=func.coalesce(
+                            bindparam("b_ref", type_=String), Delivery.external_ref
+                        ),
+                        details=bindparam("b_details", type_=Delivery.details.type),
+                    ),
+                    detailed,
+                )
+        if refs:
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id == bindparam("b_id"))
+                .values(external_ref=bindparam("b_ref")),
+                refs,
+            )
+        for (kind, code, zh, en), claims in closing.items():
+            conn.execute(
+                update(Attempt)
+                .where(
+                    Attempt.delivery_id.in_(_many("ids")),
+                    Attempt.worker.in_(_many("tokens")),
+                )
+                .values(finished_at=now, outcome=kind, error_code=code, error_zh=zh, error_en=en),
+                {"ids": [c.delivery.id for c in claims], "tokens": [c.token for c in claims]},
+            )
+
     def finish_chunk(
         self,
         results: Sequence[tuple[Claim, Outcome]],
@@ -1210,9 +1329,10 @@ class Store:
         chunk that the broker accepted as published (recorded before they were published,
         by :meth:`record_commands`).
 
-        The common case of a fan-out, a ``sent`` outcome for a delivery still under this
-        worker's lease, is written with one batched statement per table; every other
-        outcome goes through the same per-row rules as :meth:`finish_many`.
+        The common cases, a ``sent`` or ``delivered`` outcome for a delivery still under
+        this worker's lease, are written with a few batched statements for the whole chunk
+        (one per outcome, plus one ``executemany`` for the external refs and details); every
+        other outcome goes through the same per-row rules as :meth:`finish_many`.
         """
         now = now or utcnow()
         ids = [c.delivery.id for c, _ in results]
@@ -1222,12 +1342,19 @@ class Store:
             # an ack recorded concurrently either commits before this (and is seen below)
             # or waits for this commit and then confirms the 'sent' delivery itself.
             leases = {
-                did: (status, leased_by, kind)
-                for did, status, leased_by, kind in s.execute(
-                    select(Delivery.id, Delivery.status, Delivery.leased_by, Delivery.kind)
-                    .where(Delivery.id.in_(ids))
+                did: (status, leased_by, kind, details)
+                for did, status, leased_by, kind, details in s.connection().execute(
+                    select(
+                        Delivery.id,
+                        Delivery.status,
+                        Delivery.leased_by,
+                        Delivery.kind,
+                        Delivery.details,
+                    )
+                    .where(Delivery.id.in_(_many("ids")))
                     .order_by(Delivery.id)
-                    .with_for_update()
+                    .with_for_update(),
+                    {"ids": ids},
                 )
             }
             if published:
@@ -1237,99 +1364,38 @@ class Store:
                     .values(published_at=now)
                     .execution_options(synchronize_session=False)
                 )
-            acked = frozenset(
-                s.scalars(
-                    select(DeviceCommand.delivery_id).where(
-                        DeviceCommand.delivery_id.in_(ids),
-                        DeviceCommand.ack_status.in_(ACK_SUCCESS),
+            # Only deliveries that devices confirm can have an ack waiting.
+            confirmable = [d for d, lease in leases.items() if lease[2] in ACKED_KINDS]
+            acked = (
+                frozenset(
+                    s.connection()
+                    .execute(
+                        select(DeviceCommand.delivery_id).where(
+                            DeviceCommand.delivery_id.in_(_many("ids")),
+                            DeviceCommand.ack_status.in_(ACK_SUCCESS),
+                        ),
+                        {"ids": confirmable},
                     )
+                    .scalars()
                 )
+                if confirmable
+                else frozenset()
             )
             simple: list[int] = []
             other: list[int] = []
             for i, (c, o) in enumerate(results):
                 lease = leases.get(c.delivery.id)
                 owned = lease is not None and lease[0] == S.SENDING and lease[1] == c.token
-                (simple if owned and o.kind == "sent" and not o.details else other).append(i)
+                (simple if owned and o.kind in ("sent", "delivered") else other).append(i)
             statuses: list[str] = [""] * len(results)
             if simple:
-                attempt_ids = dict(
-                    s.execute(
-                        select(Attempt.worker, Attempt.id).where(
-                            Attempt.delivery_id.in_([ids[i] for i in simple]),
-                            Attempt.worker.in_([tokens[i] for i in simple]),
-                        )
-                    ).all()
-                )
-                # Grouped: one statement for the deliveries sent, one for those the device
-                # had already acked, the external refs in one executemany, and one statement
-                # per distinct attempt outcome (a chunk has one).
-                sent_ids: list[int] = []
-                confirmed_ids: list[int] = []
-                refs: list[dict[str, Any]] = []
-                closing: dict[tuple[str, str | None, str | None, str | None], list[int]]
-                closing = defaultdict(list)
+                self._finish_simple(s, [results[i] for i in simple], leases, acked, now=now)
                 for i in simple:
                     claim, outcome = results[i]
                     did = claim.delivery.id
-                    if leases[did][2] in ACKED_KINDS and did in acked:
-                        # The device acked before this worker recorded the publish.
-                        confirmed_ids.append(did)
-                        statuses[i] = S.DELIVERED
-                    else:
-                        sent_ids.append(did)
-                        statuses[i] = S.SENT
-                    if outcome.external_ref is not None:
-                        refs.append({"b_id": did, "b_ref": outcome.external_ref})
-                    if claim.token in attempt_ids:
-                        text = outcome.text
-                        key = (
-                            outcome.attempt_outcome or outcome.kind,
-                            outcome.code,
-                            text.render("zh") if text else None,
-                            text.render("en") if text else None,
-                        )
-                        closing[key].append(attempt_ids[claim.token])
-                sent_values: dict[str, Any] = {
-                    "status": S.SENT,
-                    "sent_at": now,
-                    "lease_until": None,
-                    "leased_by": None,
-                    "updated_at": now,
-                    "error_code": None,
-                    "error_zh": None,
-                    "error_en": None,
-                }
-                for chosen, extra in (
-                    (sent_ids, {}),
-                    (
-                        confirmed_ids,
-                        {"status": S.DELIVERED, "delivered_at": now, "finished_at": now},
-                    ),
-                ):
-                    if chosen:
-                        s.execute(
-                            update(Delivery)
-                            .where(Delivery.id.in_(chosen))
-                            .values(**(sent_values | extra))
-                            .execution_options(synchronize_session=False)
-                        )
-                if refs:
-                    s.connection().execute(  # plain executemany, no ORM bookkeeping
-                        update(Delivery)
-                        .where(Delivery.id == bindparam("b_id"))
-                        .values(external_ref=bindparam("b_ref")),
-                        refs,
-                    )
-                for (kind, code, zh, en), attempt_list in closing.items():
-                    s.execute(
-                        update(Attempt)
-                        .where(Attempt.id.in_(attempt_list))
-                        .values(
-                            finished_at=now, outcome=kind, error_code=code, error_zh=zh, error_en=en
-                        )
-                        .execution_options(synchronize_session=False)
-                    )
+                    confirmed = leases[did][2] in ACKED_KINDS and did in acked
+                    sent = outcome.kind == "sent" and not confirmed
+                    statuses[i] = S.SENT if sent else S.DELIVERED
             if other:
                 other_ids = [ids[i] for i in other]
                 rows = {
@@ -2020,6 +2086,14 @@ class Store:
 ACKED_KINDS = frozenset({"led", "speaker"})
 """Channels whose deliveries are confirmed by a device ack."""
 ACK_SUCCESS = ("shown", "played", "cleared", "stopped")
+
+
+def _many(name: str) -> BindParameter[Any]:
+    """A list parameter for ``IN``: the values are bound when the statement runs, so a
+    chunk's ids are not each turned into a literal expression first (a few hundred
+    microseconds a chunk)."""
+    return bindparam(name, expanding=True)
+
 
 REJECTION_TEXTS: dict[str, Text] = {
     "bad_signature": tr(

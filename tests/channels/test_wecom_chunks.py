@@ -233,3 +233,71 @@ def test_a_failure_between_rounds_still_records_what_was_accepted(
         statuses = {k: p.status for k, p in parts_of(county.store, d).items()}
         assert statuses == ({"part:1": "accepted"} if d in first else {}), d
     assert len(county.server.posted()) == ROBOTS
+
+
+def _record_threads(channel: WecomGroupChannel, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each message's request left from, in order."""
+    threads: list[str] = []
+    real = channel._post_current
+
+    def post(run: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(run)
+
+    monkeypatch.setattr(channel, "_post_current", post)
+    monkeypatch.setattr(channel, "_fan_out_until", 0.0)
+    return threads
+
+
+def test_fast_answers_go_one_after_the_other_on_the_workers_thread(
+    county: County, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = get_channel("wecom_group")
+    assert isinstance(channel, WecomGroupChannel)
+    monkeypatch.setattr(WecomGroupChannel, "inline_max_seconds", 60.0)
+    threads = _record_threads(channel, monkeypatch)
+    ids = county.notice("三段通知", parts=3)
+    assert county.run(ids) == dict.fromkeys(ids, "delivered")
+    assert threads == [threading.current_thread().name] * (ENDPOINTS * 3)
+    for key in county.keys:
+        assert (
+            _titles(county.server.posted(key)) == [f"### 三段通知（{i}/3）" for i in (1, 2, 3)] * 2
+        )
+
+
+def test_slow_answers_send_the_rest_side_by_side_and_later_rounds_too(
+    county: County, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = get_channel("wecom_group")
+    assert isinstance(channel, WecomGroupChannel)
+    monkeypatch.setattr(WecomGroupChannel, "inline_max_seconds", 0.3)
+    threads = _record_threads(channel, monkeypatch)
+    for key in county.keys[:2]:  # the first two robots of the round answer late
+        county.server.fail_next(key, Fault(delay=0.8, posted=True))
+    ids = county.notice("两段通知", parts=2)
+    assert county.run(ids) == dict.fromkeys(ids, "delivered")
+    # Requests leave in robot order within a round: the two slow robots' from the
+    # worker's thread (one slow answer alone is not enough), every later one from the
+    # pool, in this round and the next ones.
+    me = threading.current_thread().name
+    order = [r.key for r in county.server.records]
+    assert order[:2] == county.keys[:2]
+    assert threads[:2] == [me, me]
+    assert len(threads) == ENDPOINTS * 2
+    assert all(name.startswith("wecom-send") for name in threads[2:]), threads
+    for key in county.keys:
+        titles = _titles(county.server.posted(key))
+        assert titles == ["### 两段通知（1/2）", "### 两段通知（2/2）"] * 2, titles
+
+
+def test_one_slow_answer_alone_keeps_the_round_on_the_workers_thread(
+    county: County, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = get_channel("wecom_group")
+    assert isinstance(channel, WecomGroupChannel)
+    monkeypatch.setattr(WecomGroupChannel, "inline_max_seconds", 0.3)
+    threads = _record_threads(channel, monkeypatch)
+    county.server.fail_next(county.keys[0], Fault(delay=0.8, posted=True))
+    ids = county.notice("一段通知")
+    assert county.run(ids) == dict.fromkeys(ids, "delivered")
+    assert threads == [threading.current_thread().name] * ENDPOINTS

@@ -162,6 +162,85 @@ def test_finish_chunk_writes_what_finish_many_writes(tmp_path: Path) -> None:
     assert [(n, o) for d, n, o in outcomes if d == e] == [(1, "stale"), (2, None)]
 
 
+def _robots_finished(store: Store, finish: str) -> list[str]:
+    """Five WeCom-like deliveries (no device acks) through a first attempt, then finished
+    with outcomes that carry details: delivered with a ref, delivered with details only,
+    sent with details, delivered with neither, and delivered with details on a delivery
+    that already had some (from its first, retried, attempt) and a send time."""
+    _, deliveries = store.add_notice(
+        build_notice(
+            {
+                "title": "停水通知",
+                "body": "明天停水",
+                "category": "meeting",
+                "targets": {"county": True},
+            }
+        ),
+        [PlannedDelivery(f"{b}-wecom", "wecom_group", b, "t") for b in BOARDS],
+        now=T0,
+    )
+    ids = [d.id for d in deliveries]
+    (first,) = store.claim(ids[-1:], worker="w", lease_seconds=60, max_attempts=5, now=T0)
+    retry = Outcome(
+        "retry",
+        tr("企业微信系统繁忙", "WeCom is busy"),
+        code="-1",
+        retry_at=T0,
+        attempt_outcome="transient",
+        details={"robot": "r5", "sent_now": 1},
+    )
+    store.finish_many([(first, retry)], max_attempts=5, now=T0)
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE deliveries SET sent_at = :t WHERE id = :i"), {"t": T0, "i": ids[-1]}
+        )
+    claims = store.claim(ids, worker="w", lease_seconds=60, max_attempts=5, now=T0)
+    a, b, c, d, e = claims
+    outcomes = [
+        (a, Outcome("delivered", external_ref="wecom:r1", details={"robot": "r1", "parts": 2})),
+        (b, Outcome("delivered", details={"robot": "r2"})),
+        (c, Outcome("sent", external_ref="wecom:r3", details={"robot": "r3"})),
+        (d, Outcome("delivered")),
+        (e, Outcome("delivered", external_ref="wecom:r5", details={"sent_now": 2})),
+    ]
+    if finish == "finish_many":
+        return store.finish_many(outcomes, max_attempts=5, now=T1)
+    return store.finish_chunk(outcomes, max_attempts=5, now=T1)
+
+
+def test_finish_chunk_writes_what_finish_many_writes_for_outcomes_with_details(
+    tmp_path: Path,
+) -> None:
+    one, many = _store(tmp_path / "one.db"), _store(tmp_path / "many.db")
+    assert _robots_finished(one, "finish_many") == _robots_finished(many, "finish_chunk")
+    assert _robots_finished(_store(tmp_path / "x.db"), "finish_chunk") == [
+        "delivered",
+        "delivered",
+        "sent",
+        "delivered",
+        "delivered",
+    ]
+    assert _dump(one) == _dump(many)
+    deliveries = _dump(many)["deliveries"]
+    details = [json.loads(d["details"]) if d["details"] else None for d in deliveries]
+    assert details[-1] == {"robot": "r5", "sent_now": 2}  # merged into the first attempt's
+    assert [d["external_ref"] for d in deliveries] == [
+        "wecom:r1",
+        None,
+        "wecom:r3",
+        None,
+        "wecom:r5",
+    ]
+    assert [a["outcome"] for a in _dump(many)["attempts"]] == [
+        "transient",
+        "delivered",
+        "delivered",
+        "sent",
+        "delivered",
+        "delivered",
+    ]
+
+
 def test_record_commands_is_idempotent(tmp_path: Path) -> None:
     store = _store(tmp_path / "vc.db")
     claims = _claimed(store)
