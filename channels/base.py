@@ -45,6 +45,7 @@ __all__ = [
     "ChannelError",
     "ChannelLimits",
     "ContentError",
+    "Deferred",
     "DeliveryContext",
     "PermanentError",
     "SendResult",
@@ -73,6 +74,16 @@ class TransientError(ChannelError):
     def __init__(self, text: Text, *, code: str | None = None, retry_after: float | None = None):
         self.retry_after = retry_after
         super().__init__(text, code=code)
+
+
+class Deferred(TransientError):
+    """Nothing went out: the channel's own pacing says wait ``retry_after`` seconds (a
+    robot's rate window is full, another notice's parts hold the group). Not a failed
+    attempt: the delivery is tried again then, without using up its retry budget, so a
+    backlog for one group is paced however long it is, never refused."""
+
+    def __init__(self, text: Text, *, code: str | None = None, retry_after: float) -> None:
+        super().__init__(text, code=code, retry_after=retry_after)
 
 
 class PermanentError(ChannelError):

@@ -102,6 +102,7 @@ from channels.base import (
     ChannelError,
     ChannelLimits,
     ContentError,
+    Deferred,
     DeliveryContext,
     PermanentError,
     SendResult,
@@ -857,7 +858,7 @@ class WecomGroupChannel(Channel):
                 continue
             self._releaser(run.job, keep=run.started_any)(s, now)
             if held[run.job.lock_key]:
-                run.result = TransientError(
+                run.result = Deferred(
                     tr(
                         "这个群正在发送另一条通知，稍后接着发送",
                         "another notice is being sent to this group; this one follows",
@@ -866,7 +867,7 @@ class WecomGroupChannel(Channel):
                     retry_after=wait,
                 )
             else:
-                run.result = TransientError(
+                run.result = Deferred(
                     tr(
                         "机器人本分钟的发送额度（{n} 条）已用完，{s} 秒后继续",
                         "the robot's {n} messages for this minute are used; continuing in {s} s",

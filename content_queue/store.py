@@ -278,6 +278,9 @@ class Outcome:
     """What to record on the attempt row when it differs from ``kind`` (e.g. 'config')."""
     details: dict[str, Any] | None = None
     """Channel facts to keep on the delivery (merged into what is there)."""
+    counts_attempt: bool = True
+    """False for a ``retry`` where nothing went out (the channel's own pacing): the attempt
+    is given back, so waiting does not use up the retry budget."""
 
 
 @dataclass
@@ -702,7 +705,11 @@ class Store:
 
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         with self.session(readonly=True) as s:
-            q = select(Attempt).where(Attempt.delivery_id == delivery_id).order_by(Attempt.number)
+            q = (
+                select(Attempt)
+                .where(Attempt.delivery_id == delivery_id)
+                .order_by(Attempt.number, Attempt.id)
+            )
             return [
                 {
                     "number": a.number,
@@ -1148,6 +1155,8 @@ class Store:
         if outcome.details:
             d.details = {**(d.details or {}), **outcome.details}
         kind = outcome.kind
+        if kind == "retry" and not outcome.counts_attempt:
+            d.attempts = max(0, d.attempts - 1)
         if kind == "retry" and d.attempts >= max_attempts:
             _end(
                 d,

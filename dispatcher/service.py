@@ -18,6 +18,7 @@ from channels.base import (
     Channel,
     ChannelError,
     ContentError,
+    Deferred,
     DeliveryContext,
     PermanentError,
     SendResult,
@@ -383,6 +384,16 @@ def _sent_outcome(result: SendResult) -> Outcome:
 
 def _error_outcome(exc: Exception, claim: Claim, settings: Settings) -> Outcome:
     """The outcome of an attempt whose channel raised ``exc``."""
+    if isinstance(exc, Deferred):
+        # The channel's own pacing: tried again when it says, not counted as an attempt.
+        return Outcome(
+            "retry",
+            exc.text,
+            code=exc.code,
+            retry_at=utcnow() + timedelta(seconds=max(0.0, exc.retry_after or 0.0)),
+            attempt_outcome="deferred",
+            counts_attempt=False,
+        )
     if isinstance(exc, TransientError):
         delay = backoff_seconds(claim.attempt, settings, hint=exc.retry_after)
         return Outcome(

@@ -5,6 +5,7 @@ robot's deliveries one after the other, every failure kept to its own delivery."
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +207,42 @@ def test_the_limiter_paces_a_chunk_and_no_robot_goes_over(
         posted = county.server.posted(key)
         assert len(posted) == 4
         assert max_in_window([p.at for p in posted], 1.0) <= 3
+
+
+def test_a_backlog_for_one_robot_is_paced_without_using_up_the_retry_budget(
+    county: County, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Far more messages for each robot than its window holds, a retry budget of 2 and no
+    # waiting in the worker: every delivery is rescheduled again and again for its robot's
+    # next window (or behind another notice's parts). Those waits are not attempts.
+    county.server.rate, county.server.window = 2, 1.0
+    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_PER_MINUTE", "2")
+    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_WINDOW_SECONDS", "1")
+    monkeypatch.setenv("VILLAGECAST_WECOM_MAX_WAIT_SECONDS", "0")
+    monkeypatch.setenv("VILLAGECAST_MAX_ATTEMPTS", "2")
+    reset_settings()
+    county.settings = get_settings()
+    ids = [d for i in range(5) for d in county.notice(f"第{i}号通知")]  # 10 per robot
+    from content_queue.store import TERMINAL, utcnow
+
+    deadline = time.monotonic() + 90
+    while county.store.count_open(ids, TERMINAL) and time.monotonic() < deadline:
+        now = utcnow()
+        due = [d.id for d in county.store.deliveries(ids=ids) if d.due_at <= now]
+        if due:
+            county.run(due)
+        else:
+            time.sleep(0.05)
+    deliveries = county.store.deliveries(ids=ids)
+    assert Counter(d.status for d in deliveries) == {"delivered": len(ids)}
+    assert {d.attempts for d in deliveries} == {1}
+    waits = Counter((a["outcome"], a["error_code"]) for d in ids for a in county.store.attempts(d))
+    assert waits[("deferred", "rate_limited")] > len(ids), waits
+    assert not [r for r in county.server.records if r.errcode == 45009]
+    for key in county.keys:
+        posted = county.server.posted(key)
+        assert len(posted) == 10
+        assert max_in_window([p.at for p in posted], 1.0) <= 2
 
 
 def test_a_failure_between_rounds_still_records_what_was_accepted(
