@@ -678,10 +678,14 @@ def dispatcher_restart(
 
 def wecom_faults(*, full: bool, broker: str = "embedded", redis_url: str | None = None) -> Result:
     """6. The WeCom stand-in answers 45009, 5xx and timeouts for a while, robots limited to
-    3 messages per 2 s window: everything gets through, no robot above its limit."""
+    3 messages per 2 s window: everything gets through, no robot above its limit.
+
+    Bounded: each robot's next five requests fail (one of each fault). Full: for a whole
+    minute every message to any robot gets the faults in turn (WeCom's bad minute)."""
     from refdevice.wecom_standin import Fault
 
-    robots, notices, rounds = (10, 20, 12) if full else (4, 6, 1)
+    robots, notices, rounds = (10, 20, 0) if full else (4, 6, 1)
+    outage = 60.0 if full else 0.0
     rate, window = 3, 2.0
     result = Result("wecom_faults", broker)
     with ExitStack() as stack:
@@ -707,6 +711,8 @@ def wecom_faults(*, full: bool, broker: str = "embedded", redis_url: str | None 
                 for fault in script:
                     rig.standin.fail_next(key, fault)
                     scripted += 1
+        if outage:
+            rig.standin.outage(outage, script)
         rig.start_worker()
         t0 = time.monotonic()
         # Emergencies: under the unknown-outcome policy only they are sent again after a
@@ -715,15 +721,21 @@ def wecom_faults(*, full: bool, broker: str = "embedded", redis_url: str | None 
             rig.submit(title=f"第{i:02d}号紧急通知", priority="emergency", targets={"county": True})
             for i in range(notices)
         ]
-        rig.wait_settled(nids, timeout=600 if full else 240)
+        # Nothing can settle during the outage: wait past it before calling a pause a stall.
+        rig.wait_settled(nids, timeout=600 if full else 240, quiet=30 + outage)
         result.seconds = time.monotonic() - t0
         rig.count(result, nids)
         from tests.standins.wecom import max_in_window
 
-        result.extra["faults"] = scripted
+        result.extra["faults"] = scripted + rig.standin.outage_served
+        if outage:
+            result.extra["outage_s"] = outage
         result.extra["max_per_window"] = max(
-            max_in_window([r.at for r in recs], window)
-            for _, recs in rig.standin.iter_posted_by_key()
+            (
+                max_in_window([r.at for r in recs], window)
+                for _, recs in rig.standin.iter_posted_by_key()
+            ),
+            default=0,
         )
         result.extra["limit"] = rate
     return result

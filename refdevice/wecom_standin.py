@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -129,6 +129,9 @@ class _State:
     records: list[Record] = field(default_factory=list)
     media: dict[str, Media] = field(default_factory=dict)
     posted_at: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    outage_until: float = 0.0
+    outage_script: tuple[Fault, ...] = ()
+    outage_served: int = 0
 
 
 def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -287,6 +290,23 @@ class WecomStandin:
         with self._lock:
             self._state.faults[key].extend(Fault(**fault.__dict__) for _ in range(times))
 
+    def outage(self, seconds: float, script: Sequence[Fault]) -> None:
+        """For the next ``seconds``, answer every message sent to any robot with the
+        faults of ``script`` in turn (after any ``fail_next`` faults): WeCom having a bad
+        minute. Uploads are not affected."""
+        if not script:
+            raise ValueError("an outage needs at least one fault")
+        with self._lock:
+            self._state.outage_until = time.monotonic() + seconds
+            self._state.outage_script = tuple(script)
+            self._state.outage_served = 0
+
+    @property
+    def outage_served(self) -> int:
+        """How many requests the last :meth:`outage` answered with a fault."""
+        with self._lock:
+            return self._state.outage_served
+
     def reset(self) -> None:
         with self._lock:
             keys = set(self._state.keys)
@@ -326,6 +346,10 @@ class WecomStandin:
             fault = None
             if faults and faults[0].path == path:
                 fault = faults.popleft()
+            elif path == "send" and now < state.outage_until and key in state.keys:
+                script = state.outage_script
+                fault = script[state.outage_served % len(script)]
+                state.outage_served += 1
             if key not in state.keys:
                 return self._record(path, key, now, 93000, "invalid webhook url", body=None)
             if fault is not None and not fault.posted:

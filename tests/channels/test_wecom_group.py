@@ -768,3 +768,21 @@ def test_standin_is_quiet_when_a_client_resets_its_connection(
     with httpx.Client() as client:  # still serving
         assert client.post(f"{server.base_url}/cgi-bin/webhook/send?key=nokey", json={}).status_code
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_standin_outage_answers_every_send_with_the_faults_in_turn_then_recovers(
+    wecom: Env,
+) -> None:
+    url = f"{wecom.server.base_url}/cgi-bin/webhook/send"
+    body = {"msgtype": "text", "text": {"content": "测试"}}
+    wecom.server.outage(0.6, [Fault(errcode=45009), Fault(status=502)])
+    with httpx.Client() as client:
+        answers = [client.post(url, params={"key": wecom.key}, json=body) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 502, 200]
+        assert [answers[0].json()["errcode"], answers[2].json()["errcode"]] == [45009, 45009]
+        assert wecom.server.posted(wecom.key) == []
+        assert wecom.server.outage_served == 3
+        time.sleep(0.7)
+        assert client.post(url, params={"key": wecom.key}, json=body).json()["errcode"] == 0
+    assert len(wecom.server.posted(wecom.key)) == 1
+    assert wecom.server.outage_served == 3
