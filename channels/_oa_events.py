@@ -6,8 +6,17 @@ by the dashboard and the public feed listener) and a token, held in the environm
 variable that devices.yaml names (``event_token_env``). WeChat signs every request:
 ``signature`` = SHA-1 of the token, ``timestamp`` and ``nonce`` sorted and joined. A GET with
 ``echostr`` verifies the URL (answered with ``echostr``); a POST carries one event as XML.
-Only the plaintext mode is taken (明文模式); a request whose signature does not match, or
-whose timestamp is more than :data:`MAX_SKEW` seconds away, is refused.
+A request whose signature does not match, or whose timestamp is more than
+:data:`MAX_SKEW` seconds away, is refused.
+
+Message encryption (消息加解密方式): plaintext (明文模式) by default. An account whose
+devices.yaml entry also names ``event_aes_key_env`` (the EncodingAESKey, 43 characters)
+runs in safe mode (安全模式, or 兼容模式): every event must then come encrypted
+(``encrypt_type=aes``), its ``msg_signature`` (SHA-1 of the token, timestamp, nonce and the
+ciphertext, sorted) is checked, and the body is opened with wechatpy's ``WeChatCrypto``
+(AES-256-CBC, the key's first 16 bytes as IV, the account's AppID checked inside). A
+plaintext event to such an account is refused: safe mode is chosen so that nobody on the
+path can read or forge the events.
 
 The poller (:func:`channels.wechat_official_account.poll_official_account_publishes`) stays:
 an event lost on the way (the server was down, WeChat gave up after its retries) is still
@@ -17,6 +26,8 @@ that both arrive settle it once. Other events are acknowledged and ignored.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import time
@@ -30,7 +41,16 @@ from channels.wechat_official_account import KIND, publish_check
 from content_queue.registry import OfficialAccountEndpoint
 from content_queue.store import Store
 
-__all__ = ["MAX_BODY", "MAX_SKEW", "EventResult", "handle_event", "signature_ok"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_SKEW",
+    "EventResult",
+    "EventSignatureError",
+    "aes_key_ok",
+    "handle_event",
+    "open_encrypted",
+    "signature_ok",
+]
 
 MAX_SKEW = 300
 """Seconds a signed request's timestamp may be off: an old request replayed is refused."""
@@ -51,6 +71,55 @@ def signature_ok(
     joined = "".join(sorted([token, timestamp, nonce])).encode()
     expected = hashlib.sha1(joined).hexdigest()  # noqa: S324 - WeChat's protocol is SHA-1
     return hmac.compare_digest(expected, signature.lower())
+
+
+class EventSignatureError(Exception):
+    """An encrypted event that is not from WeChat for this account (its ``msg_signature``
+    or the AppID sealed inside does not match)."""
+
+
+def aes_key_ok(key: str) -> bool:
+    """An EncodingAESKey as WeChat issues it: 43 characters of base64 for 32 bytes."""
+    if len(key) != 43:
+        return False
+    try:
+        return len(base64.b64decode(key + "=", validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def open_encrypted(
+    body: bytes,
+    *,
+    token: str,
+    aes_key: str,
+    app_id: str,
+    msg_signature: str,
+    timestamp: str,
+    nonce: str,
+) -> bytes:
+    """The plaintext event inside a safe-mode request (its ``signature`` and timestamp
+    already checked). EventSignatureError when it is not this account's; ValueError when
+    it is not an encrypted event."""
+    from wechatpy.crypto import WeChatCrypto
+    from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
+
+    encrypt = _text(_parse(body), "Encrypt")
+    if not encrypt:
+        raise ValueError("not an encrypted event")
+    joined = "".join(sorted([token, timestamp, nonce, encrypt])).encode()
+    expected = hashlib.sha1(joined).hexdigest()  # noqa: S324 - WeChat's protocol is SHA-1
+    if not hmac.compare_digest(expected, msg_signature.lower()):
+        raise EventSignatureError("msg_signature")
+    crypto = WeChatCrypto(token, aes_key, app_id)
+    try:
+        # A dict, so wechatpy does not parse the XML again (ours is the hardened parser).
+        plain = crypto.decrypt_message({"Encrypt": encrypt}, expected, timestamp, nonce)
+    except (InvalidSignatureException, InvalidAppIdException) as exc:
+        raise EventSignatureError(type(exc).__name__) from exc
+    except Exception as exc:  # bad base64, padding or length: not something WeChat sealed
+        raise ValueError("the encrypted event cannot be opened") from exc
+    return plain.encode("utf-8") if isinstance(plain, str) else bytes(plain)
 
 
 @dataclass(frozen=True)

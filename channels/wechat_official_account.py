@@ -38,8 +38,9 @@ Features
                   publish records rather than publish twice.
     config keys   devices.yaml ``official_accounts``: ``app_id``, ``app_secret_env``, ``mode``,
                   ``account_type``, ``village_tags``, ``digest_time``, ``author``,
-                  ``covers_townships``, ``covers_villages``, ``event_token_env`` (publish
-                  results pushed by WeChat: channels/_oa_events.py); settings ``wechat_base_url``,
+                  ``covers_townships``, ``covers_villages``, ``event_token_env`` and
+                  ``event_aes_key_env`` (publish results pushed by WeChat, plaintext or
+                  safe mode: channels/_oa_events.py); settings ``wechat_base_url``,
                   ``http_timeout_seconds``, ``retry_base_seconds`` / ``retry_cap_seconds``
                   (poll backoff)
 

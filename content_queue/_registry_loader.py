@@ -598,6 +598,13 @@ def _wrong_value(err: ErrorDetails, field: str, raw: str | None) -> Text:
             "published article reaches every follower, so delete village_tags or set "
             "mode: mass_send",
         )
+    if kind == "vc_event_aes_key_token":
+        return tr(
+            "设置了 event_aes_key_env（消息加解密密钥 EncodingAESKey）就必须设置 event_token_env"
+            "（服务器配置里的令牌 Token）",
+            "event_aes_key_env (the EncodingAESKey) needs event_token_env (the server "
+            "configuration's token)",
+        )
     if kind == "vc_cadence":
         return tr(
             "{k} 要么写 every（month 每月、quarter 每季度、half_year 每半年、year 每年），"

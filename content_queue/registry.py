@@ -271,6 +271,19 @@ class OfficialAccountEndpoint(_EndpointBase):
     event_token_env: EnvVarName | None = None
     """The variable holding the token of the account's server configuration (服务器配置):
     WeChat then pushes publish results to ``/wechat/events/<id>`` (channels/_oa_events.py)."""
+    event_aes_key_env: EnvVarName | None = None
+    """The variable holding the EncodingAESKey of that configuration when its message
+    encryption is safe mode (安全模式) or compatible mode (兼容模式): events must then come
+    encrypted. Unset: plaintext mode (明文模式)."""
+
+    @model_validator(mode="after")
+    def _aes_key_needs_token(self) -> OfficialAccountEndpoint:
+        if self.event_aes_key_env and not self.event_token_env:
+            raise PydanticCustomError(
+                "vc_event_aes_key_token",
+                "event_aes_key_env needs event_token_env (the server configuration's token)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _tags_need_mass_send(self) -> OfficialAccountEndpoint:

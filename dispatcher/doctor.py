@@ -752,6 +752,9 @@ def _secret_envs(registry: Registry) -> list[tuple[str, str]]:
             out.append((ep.id, ep.webhook_key_env))
         elif isinstance(ep, OfficialAccountEndpoint):
             out.append((ep.id, ep.app_secret_env))
+            # The server configuration's token and (safe mode) EncodingAESKey: unset, the
+            # account's pushed events are refused (its publishes are still polled).
+            out += [(ep.id, v) for v in (ep.event_token_env, ep.event_aes_key_env) if v]
         elif isinstance(ep, TvFeedEndpoint) and ep.ingest_secret_env:
             out.append((ep.id, ep.ingest_secret_env))
     return out
@@ -779,8 +782,9 @@ def check_credentials(registry: Registry, *, environ: Mapping[str, str]) -> Chec
         "credentials",
         "fail",
         tr(
-            "{n} 个环境变量未设置，这些端点的投递会失败",
-            "{n} environment variable(s) not set; deliveries to these endpoints will fail",
+            "{n} 个环境变量未设置，这些端点的投递（或公众号事件接收）会失败",
+            "{n} environment variable(s) not set; deliveries to these endpoints (or the "
+            "official accounts' pushed events) will fail",
             n=len(missing),
         ),
         tr(

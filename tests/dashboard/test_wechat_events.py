@@ -4,14 +4,17 @@ dashboard/wechat_events.py), on the dashboard's listener and on the public feed 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from sqlalchemy import update
 
 from content_queue.accounts import Accounts
@@ -28,6 +31,9 @@ from tests.dashboard.conftest import fast_hasher
 TOKEN_ENV = "VC_WECHAT_EAST_EVENTS"
 TOKEN = "villagecast-event-token-7f3a"
 PUBLISH_ID = "2247503051"
+AES_ENV = "VC_WECHAT_EAST_AES"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # WeChat's documented sample format
+APP_ID = "wx0123456789abcdef"  # east-oa's app_id in SMALL_DEVICES
 
 
 class Account:
@@ -75,6 +81,17 @@ class Account:
 
 @pytest.fixture
 def account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Account]:
+    yield from _account(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def safe_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Account]:
+    """The account's server configuration in safe mode (安全模式)."""
+    monkeypatch.setenv(AES_ENV, AES_KEY)
+    yield from _account(tmp_path, monkeypatch, f"    event_aes_key_env: {AES_ENV}\n")
+
+
+def _account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = "") -> Iterator[Account]:
     for key in list(os.environ):
         if key.startswith("VILLAGECAST_") and key != "VILLAGECAST_REQUIRE_SERVICES":
             monkeypatch.delenv(key)
@@ -82,7 +99,7 @@ def account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Account
     devices = tmp_path / "devices.yaml"
     yaml = SMALL_DEVICES.replace(
         "    covers_townships: [east]\n",
-        f"    covers_townships: [east]\n    event_token_env: {TOKEN_ENV}\n",
+        f"    covers_townships: [east]\n    event_token_env: {TOKEN_ENV}\n{extra}",
     )
     assert TOKEN_ENV in yaml
     devices.write_text(yaml, encoding="utf-8")
@@ -190,3 +207,103 @@ def test_unsigned_or_unknown_events_change_nothing(account: Account) -> None:
     assert answer.status_code == 200 and "root" not in answer.text
     assert httpx.post(url, params=_signed(), content=b"not xml").status_code == 400
     assert account.delivery(did).status == "sent"
+
+
+def _seal(xml: bytes, *, key: str = AES_KEY, app_id: str = APP_ID) -> str:
+    """WeChat's message encryption, written from its documentation (not with wechatpy):
+    AES-256-CBC, IV the key's first 16 bytes, over 16 random bytes + the length (4 bytes,
+    network order) + the XML + the AppID, PKCS#7-padded to 32 bytes; base64."""
+    raw = base64.b64decode(key + "=")
+    plain = os.urandom(16) + struct.pack(">I", len(xml)) + xml + app_id.encode()
+    pad = 32 - len(plain) % 32
+    plain += bytes([pad]) * pad
+    enc = Cipher(algorithms.AES(raw), modes.CBC(raw[:16])).encryptor()
+    return base64.b64encode(enc.update(plain) + enc.finalize()).decode()
+
+
+def _encrypted(
+    xml: bytes, *, token: str = TOKEN, key: str = AES_KEY, app_id: str = APP_ID
+) -> tuple[dict[str, str], bytes]:
+    """The query and body of a safe-mode push."""
+    params = _signed(token)
+    encrypt = _seal(xml, key=key, app_id=app_id)
+    joined = "".join(sorted([token, params["timestamp"], params["nonce"], encrypt]))
+    params |= {
+        "encrypt_type": "aes",
+        "msg_signature": hashlib.sha1(joined.encode()).hexdigest(),
+        "openid": "oV5CrjpxgaGXNHIQigzNlgLTnwic",
+    }
+    body = (
+        "<xml><ToUserName><![CDATA[gh_4d00ed8d6399]]></ToUserName>"
+        f"<Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+    )
+    return params, body.encode()
+
+
+def test_safe_mode_an_encrypted_event_settles_the_delivery(safe_account: Account) -> None:
+    did = safe_account.sent_publish()
+    url = f"{safe_account.server.web_url}/wechat/events/east-oa"
+    params, body = _encrypted(_event(PUBLISH_ID, 0))
+    resp = httpx.post(url, params=params, content=body)
+    assert resp.status_code == 200 and resp.text == "success"
+    d = safe_account.delivery(did)
+    assert d.status == "delivered"
+    assert d.details is not None and d.details["confirmed_by"] == "event"
+    assert d.details["article_url"] == "https://mp.weixin.qq.com/s/abc"
+    # URL verification is the same as in plaintext mode.
+    ok = httpx.get(url, params={**_signed(), "echostr": "5915203461"})
+    assert ok.text == "5915203461"
+
+
+def test_safe_mode_refuses_plaintext_forged_and_foreign_events(safe_account: Account) -> None:
+    did = safe_account.sent_publish()
+    url = f"{safe_account.server.feed_url}/wechat/events/east-oa"
+    # Plaintext, correctly signed with the token: safe mode takes none.
+    plain = httpx.post(url, params=_signed(), content=_event(PUBLISH_ID, 0))
+    assert plain.status_code == 403
+    # Encrypted, but the ciphertext's signature does not match (tampered on the way).
+    params, body = _encrypted(_event(PUBLISH_ID, 0))
+    tampered = httpx.post(url, params={**params, "msg_signature": "0" * 40}, content=body)
+    assert tampered.status_code == 403
+    # Sealed with the right key for another account (its AppID inside).
+    params, body = _encrypted(_event(PUBLISH_ID, 0), app_id="wx00000000000000ff")
+    assert httpx.post(url, params=params, content=body).status_code == 403
+    # Sealed with another key: the signature matches (it covers the ciphertext only),
+    # the content cannot be opened.
+    other_key = base64.b64encode(b"k" * 32).decode().rstrip("=")
+    params, body = _encrypted(_event(PUBLISH_ID, 0), key=other_key)
+    assert httpx.post(url, params=params, content=body).status_code in (400, 403)
+    # Not an encrypted event at all.
+    params, _ = _encrypted(_event(PUBLISH_ID, 0))
+    assert httpx.post(url, params=params, content=b"<xml/>").status_code == 400
+    assert safe_account.delivery(did).status == "sent"
+
+
+def test_safe_mode_with_the_key_unset_refuses_events_and_never_logs_the_key(
+    safe_account: Account, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{safe_account.server.web_url}/wechat/events/east-oa"
+    params, body = _encrypted(_event(PUBLISH_ID, 0))
+    monkeypatch.setenv(AES_ENV, AES_KEY[:-1])  # one character short
+    with caplog.at_level("WARNING"):
+        assert httpx.post(url, params=params, content=body).status_code == 404
+    assert AES_ENV in caplog.text and "EncodingAESKey" in caplog.text
+    assert AES_KEY[:-1] not in caplog.text
+
+
+def test_an_aes_key_without_a_token_is_a_clear_devices_yaml_error(tmp_path: Path) -> None:
+    from content_queue.errors import RegistryError
+
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(
+        SMALL_DEVICES.replace(
+            "    covers_townships: [east]\n",
+            f"    covers_townships: [east]\n    event_aes_key_env: {AES_ENV}\n",
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(RegistryError) as err:
+        load_registry(devices)
+    zh, en = err.value.render("zh"), err.value.render("en")
+    assert "event_aes_key_env" in zh and "服务器配置里的令牌" in zh, zh
+    assert "needs event_token_env" in en, en

@@ -323,6 +323,28 @@ def test_credentials_named_never_shown(tmp_path: Path) -> None:
     assert "key-123" not in rendered and "secret-456" not in rendered
 
 
+def test_credentials_include_an_accounts_event_token_and_aes_key(tmp_path: Path) -> None:
+    path = tmp_path / "devices.yaml"
+    path.write_text(
+        SMALL_DEVICES.replace(
+            "    covers_townships: [east]\n",
+            "    covers_townships: [east]\n    event_token_env: VC_EAST_EVENTS\n"
+            "    event_aes_key_env: VC_EAST_AES\n",
+        ),
+        encoding="utf-8",
+    )
+    registry = load_registry(path)
+    base = {"VC_WECOM_EAST_LIU": "key-123", "VC_WECHAT_EAST_SECRET": "secret-456"}
+    missing = doctor.check_credentials(registry, environ=base)
+    assert missing.status == "fail"
+    assert missing.details == ("VC_EAST_AES: east-oa", "VC_EAST_EVENTS: east-oa")
+    ok = doctor.check_credentials(
+        registry, environ={**base, "VC_EAST_EVENTS": "tok-789", "VC_EAST_AES": "aes-000"}
+    )
+    assert ok.status == "ok"
+    assert "tok-789" not in doctor.render([ok]) and "aes-000" not in doctor.render([ok])
+
+
 # -- the command -------------------------------------------------------------------------
 
 
