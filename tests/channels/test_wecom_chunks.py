@@ -191,15 +191,29 @@ def test_failures_stay_with_their_delivery_and_a_retry_sends_only_what_is_missin
     assert again.external_ref == f"wecom:{robot_id(county.keys[1])}"
 
 
+def _one_second_window(
+    county: County,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    rate: int,
+    max_wait: float,
+    max_attempts: int | None = None,
+) -> None:
+    """Robots limited to ``rate`` messages a second, at the stand-in and in the limiter."""
+    county.server.rate, county.server.window = rate, 1.0
+    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_PER_MINUTE", str(rate))
+    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_WINDOW_SECONDS", "1")
+    monkeypatch.setenv("VILLAGECAST_WECOM_MAX_WAIT_SECONDS", str(max_wait))
+    if max_attempts is not None:
+        monkeypatch.setenv("VILLAGECAST_MAX_ATTEMPTS", str(max_attempts))
+    reset_settings()
+    county.settings = get_settings()
+
+
 def test_the_limiter_paces_a_chunk_and_no_robot_goes_over(
     county: County, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    county.server.rate, county.server.window = 3, 1.0
-    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_PER_MINUTE", "3")
-    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_WINDOW_SECONDS", "1")
-    monkeypatch.setenv("VILLAGECAST_WECOM_MAX_WAIT_SECONDS", "5")
-    reset_settings()
-    county.settings = get_settings()
+    _one_second_window(county, monkeypatch, rate=3, max_wait=5)
     ids = county.notice("限速通知", parts=2)  # two robots' worth of 4 messages each
     assert county.run(ids) == dict.fromkeys(ids, "delivered")  # waited, within the budget
     assert not [r for r in county.server.records if r.errcode == 45009]
@@ -215,13 +229,7 @@ def test_a_backlog_for_one_robot_is_paced_without_using_up_the_retry_budget(
     # Far more messages for each robot than its window holds, a retry budget of 2 and no
     # waiting in the worker: every delivery is rescheduled again and again for its robot's
     # next window (or behind another notice's parts). Those waits are not attempts.
-    county.server.rate, county.server.window = 2, 1.0
-    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_PER_MINUTE", "2")
-    monkeypatch.setenv("VILLAGECAST_WECOM_RATE_WINDOW_SECONDS", "1")
-    monkeypatch.setenv("VILLAGECAST_WECOM_MAX_WAIT_SECONDS", "0")
-    monkeypatch.setenv("VILLAGECAST_MAX_ATTEMPTS", "2")
-    reset_settings()
-    county.settings = get_settings()
+    _one_second_window(county, monkeypatch, rate=2, max_wait=0, max_attempts=2)
     ids = [d for i in range(5) for d in county.notice(f"第{i}号通知")]  # 10 per robot
     from content_queue.store import TERMINAL, utcnow
 
