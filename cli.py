@@ -2,9 +2,12 @@
 
 Heavy modules (Celery, SQLAlchemy, feed rendering) are imported inside the commands,
 so ``villagecast --help`` stays fast on an old laptop.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: typer reads every command's signature
+each time it builds the command tree (every start, ``--help`` too), and string
+annotations are evaluated again at each read; real ones are built once, at import. Names
+imported only for type checking are quoted where used.
+"""
 
 import json
 import os
@@ -174,13 +177,13 @@ def _root(
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _settings() -> Settings:
+def _settings() -> "Settings":
     from content_queue.settings import get_settings
 
     return get_settings()
 
 
-def _store(settings: Settings) -> Store:
+def _store(settings: "Settings") -> "Store":
     from dispatcher.service import open_store
 
     return open_store(settings)
@@ -221,7 +224,9 @@ def _label(mapping: dict[Any, Any], key: Any) -> str:
     return text.render() if text is not None else str(key)
 
 
-def delivery_json(d: DeliveryView, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def delivery_json(
+    d: "DeliveryView", attempts: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": d.id,
         "endpoint": d.endpoint_id,
@@ -254,7 +259,7 @@ def delivery_json(d: DeliveryView, attempts: list[dict[str, Any]] | None = None)
     return out
 
 
-def notice_json(n: NoticeView) -> dict[str, Any]:
+def notice_json(n: "NoticeView") -> dict[str, Any]:
     return {
         "id": n.id,
         "title": n.title,
@@ -525,7 +530,7 @@ def notice_add(
             )
 
 
-def _print_waiting(n: NoticeView, *, as_json: bool) -> None:
+def _print_waiting(n: "NoticeView", *, as_json: bool) -> None:
     if as_json:
         _echo_json({**notice_json(n), "deliveries": 0, "queued": False, "warnings": []})
         return
@@ -552,7 +557,7 @@ def _print_waiting(n: NoticeView, *, as_json: bool) -> None:
     )
 
 
-def _principal(settings: Settings, store: Store) -> Any:
+def _principal(settings: "Settings", store: "Store") -> Any:
     """Who is acting: the CLI's signed-in account, or None on an installation without
     accounts (single-operator mode). Once accounts exist, acting needs `villagecast login`."""
     from content_queue.accounts import Accounts, NotAllowed
@@ -575,7 +580,7 @@ def _principal(settings: Settings, store: Store) -> Any:
     return info.principal
 
 
-def _session_file(settings: Settings) -> Path:
+def _session_file(settings: "Settings") -> Path:
     return settings.home / "cli-session"
 
 
@@ -616,7 +621,7 @@ def _read_table(path: Path) -> dict[str, Any]:
     return {"caption": None, "columns": rows[0], "rows": rows[1:]}
 
 
-def _ringer(settings: Settings) -> Any:
+def _ringer(settings: "Settings") -> Any:
     from dispatcher.doorbell import ring
 
     def _ring(ids_by_kind: Any, countdown: float | None) -> object:
@@ -663,12 +668,12 @@ def _print_submitted(submitted: Any) -> None:
 
 
 def _wait(
-    store: Store,
+    store: "Store",
     notice_id: int,
     *,
     timeout: float,
     quiet: bool,
-    fetch: Callable[[], list[DeliveryView]] | None = None,
+    fetch: "Callable[[], list[DeliveryView]] | None" = None,
 ) -> None:
     """A live progress bar until every delivery has left the dispatcher's hands."""
     fetch = fetch or (lambda: [d for d in store.deliveries(notice_id) if d.action == "publish"])
@@ -743,7 +748,7 @@ def _village_names() -> dict[str, str]:
     return {vid: v.name for vid, v in registry.villages.items()}
 
 
-def _print_deliveries(deliveries: list[DeliveryView]) -> None:
+def _print_deliveries(deliveries: "list[DeliveryView]") -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -891,7 +896,7 @@ def _actor(author: str | None) -> str:
     return author or os.environ.get("USER", "") or "cli"
 
 
-def _recalls_of(store: Store, notice_id: int) -> Callable[[], list[DeliveryView]]:
+def _recalls_of(store: "Store", notice_id: int) -> "Callable[[], list[DeliveryView]]":
     return lambda: [d for d in store.deliveries(notice_id) if d.action == "recall"]
 
 
@@ -1071,7 +1076,7 @@ def notice_correct(
         _print_submitted(submitted)
     if wait:
 
-        def both() -> list[DeliveryView]:
+        def both() -> "list[DeliveryView]":
             fresh = [d for d in store.deliveries(n.id) if d.action == "publish"]
             return [*fresh, *_recalls_of(store, notice_id)()]
 
