@@ -75,7 +75,10 @@ def mosquitto_with_sys(workdir: Path, devices: int) -> Iterator[str]:
     mdir.mkdir()
     os.chmod(mdir, 0o777)  # mosquitto drops to its own user when started as root
     conf = mdir / "mosquitto.conf"
-    conf.write_text(led._mosquitto_conf(port, mdir, devices) + "sys_interval 1\n", "utf-8")
+    # notice: mosquitto names each client whose queue overflows ("Outgoing messages are
+    # being dropped for client ...").
+    extra = "sys_interval 1\nlog_type notice\n"
+    conf.write_text(led._mosquitto_conf(port, mdir, devices) + extra, "utf-8")
     os.chmod(conf, 0o644)
     with (workdir / "mosquitto.log").open("ab") as log:
         proc = subprocess.Popen([led.MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)

@@ -1,26 +1,29 @@
 """The device listener: records acks and presence, and re-syncs devices that lost memory.
 
-Messages are handled in the order they arrive, by one thread of their own (not paho's
-network thread, so a slow database never stalls the connection); runs of acks are
-recorded up to ``ACK_BATCH`` to a transaction (a county-wide fan-out brings thousands of
-``shown`` acks within a second or two).
+The MQTT connection runs in a child process of its own (dispatcher/mqtt_intake.py), so
+the work here never slows the reading and PUBACKing that keep mosquitto from dropping
+acks. Messages are handled in the order they arrive, by one thread of their own; runs of
+acks are recorded up to ``ACK_BATCH`` to a transaction (a county-wide fan-out brings
+thousands of ``shown`` acks within a second or two).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from channels._device import command_id_for, dispatch_command, publisher_for
@@ -36,6 +39,7 @@ from content_queue.registry import LedEndpoint, Registry, SpeakerEndpoint
 from content_queue.settings import Settings
 from content_queue.store import DeviceAck, Store, utcnow
 from dispatcher import service
+from dispatcher.mqtt_intake import IntakeConfig, frames
 from dispatcher.synthesis import shared_synthesizer
 
 __all__ = ["DeviceListener", "run_listener"]
@@ -59,42 +63,66 @@ class DeviceListener:
         self.address = parse_mqtt_url(settings.resolved_mqtt_url)
         self.connected = threading.Event()
         self.client_id = client_id or listener_client_id()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        self.intake = IntakeConfig(
+            host=self.address.host,
+            port=self.address.port,
+            tls=self.address.tls,
+            username=self.address.username,
+            password_env=settings.mqtt_password_env,
+            prefix=settings.mqtt_prefix,
+            keepalive=settings.mqtt_keepalive_seconds,
             client_id=self.client_id,
-            clean_session=False,  # acks sent while the listener is down wait in the broker
-            protocol=mqtt.MQTTv311,
         )
-        if self.address.username:
-            self.client.username_pw_set(
-                self.address.username, os.environ.get(settings.mqtt_password_env) or None
-            )
-        if self.address.tls:
-            self.client.tls_set()
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a, **_k: self.connected.clear()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 30)
         self._inbox: queue.Queue[_Message | None] = queue.Queue()
         self._worker: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # stop() sees every intake process started
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: object, flags: object, rc: object, props: object = None
-    ) -> None:
-        if getattr(rc, "is_failure", False):
-            log.warning("listener: broker refused the connection (%s)", rc)
-            return
-        sock = client.socket()
-        if isinstance(sock, socket.socket) and sock.family != socket.AF_UNIX:
-            # Each PUBACK goes out at once: the broker keeps only a few acks in flight to
-            # this client, and Nagle would hold the next PUBACK for the broker's delayed ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        prefix = self.settings.mqtt_prefix
-        client.subscribe([(f"{prefix}/dev/+/ack", 1), (f"{prefix}/dev/+/state", 1)])
-        self.connected.set()
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # this very code, not an install
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dispatcher.mqtt_intake", self.intake.to_json()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.put((msg.topic, bytes(msg.payload), bool(msg.retain)))
+    def _read(self) -> None:
+        """Take the intake process's frames; start it again should it die."""
+        while True:
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                proc = self._proc = self._spawn()
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            buffer = bytearray()
+            while chunk := os.read(fd, 1 << 18):
+                buffer += chunk
+                for kind, topic, payload, retained in frames(buffer):
+                    if kind == b"M":
+                        self._inbox.put((topic, payload, retained))
+                    elif kind == b"C":
+                        self.connected.set()
+                    elif kind == b"D":
+                        self.connected.clear()
+                    elif kind == b"W":
+                        log.warning("%s", payload.decode("utf-8", "replace"))
+            self.connected.clear()
+            proc.stdout.close()
+            code = proc.wait()
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            if not self._stopping.is_set():
+                log.warning(
+                    "listener: the MQTT intake process exited (%s); starting it again", code
+                )
+                self._stopping.wait(1)
 
     def _drain(self) -> None:
         """The listener's own thread: handle messages in order, runs of acks in batches."""
@@ -281,17 +309,27 @@ class DeviceListener:
         return sent
 
     def start(self) -> None:
+        self._stopping.clear()
         self._worker = threading.Thread(target=self._drain, name="vc-listener", daemon=True)
         self._worker.start()
-        self.client.connect_async(
-            self.address.host, self.address.port, self.settings.mqtt_keepalive_seconds
-        )
-        self.client.loop_start()
+        self._reader = threading.Thread(target=self._read, name="vc-listener-intake", daemon=True)
+        self._reader.start()
 
     def stop(self) -> None:
         """Disconnect, then record what already arrived before returning."""
-        self.client.disconnect()
-        self.client.loop_stop()
+        with self._lock:
+            self._stopping.set()
+            proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # the intake disconnects, writes what it has, exits
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._reader is not None:
+            self._reader.join(timeout=30)
+            self._reader = None
         if self._worker is not None:
             self._inbox.put(None)
             self._worker.join(timeout=30)
