@@ -32,7 +32,7 @@ from channels.keys import Keyring
 from channels.led import build_show_command
 from channels.protocol import Ack, DeviceState, parse_topic
 from channels.speaker import resync_play_command as speaker_resync
-from content_queue.errors import VillagecastError
+from content_queue.errors import StoreError, VillagecastError
 from content_queue.loudspeakers import record_play
 from content_queue.once import claim_once
 from content_queue.registry import LedEndpoint, Registry, SpeakerEndpoint
@@ -50,6 +50,8 @@ MAX_MESSAGE_BYTES = 16 * 1024
 FRESH_BOOT_CLAIM_SECONDS = 7 * 86400
 ACK_BATCH = 300
 """Acks recorded in one transaction at most (a few ms of SQLite writer lock)."""
+STORE_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Waits before recording a batch of acks again while the database cannot be reached."""
 
 _Message = tuple[str, bytes, bool]  # topic, payload, retained
 
@@ -151,14 +153,41 @@ class DeviceListener:
                 acks.append((topic, payload))
                 continue
             if acks:
-                with _guard("acks"):
-                    self.record_acks(acks)
+                self._record_acks_patiently(acks)
                 acks = []
             with _guard(topic):
                 self.handle(topic, payload, retained=retained)
         if acks:
-            with _guard("acks"):
+            self._record_acks_patiently(acks)
+
+    def _record_acks_patiently(self, acks: Sequence[tuple[str, bytes]]) -> None:
+        """Record acks, waiting out a database that is briefly unreachable or locked.
+
+        The broker has them PUBACKed already and will not send them again: given up, they
+        wait for the sweeper to re-send the commands after ``ack_timeout_seconds``."""
+        for delay in (*STORE_RETRY_DELAYS, None):
+            try:
                 self.record_acks(acks)
+                return
+            except StoreError as exc:
+                if delay is None or self._stopping.is_set():
+                    log.warning(
+                        "listener could not record %d ack(s): %s; the sweeper will ask the "
+                        "devices again",
+                        len(acks),
+                        exc.render("en"),
+                    )
+                    return
+                log.info(
+                    "listener: database unavailable (%s); again in %g s", exc.render("en"), delay
+                )
+                time.sleep(delay)
+            except VillagecastError as exc:
+                log.warning("listener could not record acks: %s", exc.render("en"))
+                return
+            except Exception:
+                log.exception("listener failed on acks")
+                return
 
     def _parse_ack(self, topic: str, payload: bytes) -> tuple[DeviceAck, int | None] | None:
         """The ack a message carries, and the play time it reports (a loudspeaker's)."""

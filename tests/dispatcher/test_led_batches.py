@@ -141,3 +141,66 @@ def test_a_county_on_the_embedded_broker_is_told_to_use_mosquitto(tmp_path: Path
     assert "VILLAGECAST_MQTT_URL" in warning.render("en")
     mosquitto = Settings(home=tmp_path, mqtt_url="mqtt://127.0.0.1:1883")
     assert scale_warning(_county(EMBEDDED_DEVICE_LIMIT + 1), mosquitto) is None
+
+
+def test_listener_waits_out_a_database_that_is_briefly_unreachable(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker has the acks PUBACKed already: dropping them would leave the deliveries
+    `sent` until the sweeper asks the boards again, minutes later."""
+    import dispatcher.acks as acks_module
+    from content_queue.errors import StoreError
+    from content_queue.i18n import tr
+
+    settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
+    store = Store(f"sqlite:///{tmp_path / 'vc.db'}")
+    request.addfinalizer(store.engine.dispose)
+    request.addfinalizer(store.read_engine.dispose)
+    _, deliveries = store.add_notice(
+        build_notice(
+            {
+                "title": "停电通知",
+                "body": "明天停电。",
+                "category": "emergency",
+                "targets": {"county": True},
+            }
+        ),
+        [PlannedDelivery(f"{b}-led", "led", b, "t") for b in "ab"],
+    )
+    claims = store.claim([d.id for d in deliveries], worker="w", lease_seconds=60, max_attempts=3)
+    now = utcnow()
+    store.record_commands(
+        [
+            NewCommand(f"vc-{c.delivery.id}", c.delivery.id, f"led-{b}", "led.show", now, now)
+            for c, b in zip(claims, "ab", strict=True)
+        ]
+    )
+    store.finish_chunk([(c, Outcome("sent")) for c in claims], max_attempts=3)
+    real = store.record_acks
+    failures = {"left": 2}
+
+    def flaky(acks: object) -> object:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise StoreError(tr("数据库被锁定", "database is locked"))
+        return real(acks)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "record_acks", flaky)
+    monkeypatch.setattr(acks_module, "STORE_RETRY_DELAYS", (0.01, 0.01, 0.01))
+    listener = DeviceListener(settings, store, client_id="test")
+    a, b = (f"vc-{d.id}" for d in deliveries)
+    listener.handle_many(
+        [
+            (f"{PREFIX}/dev/led-a/ack", _ack("led-a", a), False),
+            (f"{PREFIX}/dev/led-b/ack", _ack("led-b", b), False),
+        ]
+    )
+    assert failures["left"] == 0
+    assert [d.status for d in store.deliveries(ids=[d.id for d in deliveries])] == [
+        "delivered",
+        "delivered",
+    ]
+    # An outage longer than the retries: logged, left to the sweeper, the listener goes on.
+    failures["left"] = 10
+    listener.handle_many([(f"{PREFIX}/dev/led-a/ack", _ack("led-a", a), False)])
+    assert failures["left"] == 10 - 4
