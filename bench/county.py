@@ -54,6 +54,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # python bench/county.py: the repository on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from bench import led
 from bench.suite import Case, Config, failed, percentile, progress
 
@@ -784,3 +787,33 @@ def county_cases(cfg: Config) -> list[Case]:
     except Exception as exc:
         out.append(failed("county", "county.writes.embedded", "broker writes (embedded)", exc))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The soak alone, at any size: ``python bench/county.py --devices 1000 --minutes 10``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python bench/county.py", description=main.__doc__)
+    parser.add_argument("--devices", type=int, default=2000, help="boards in the soak")
+    parser.add_argument("--boards", type=int, help="boards in the rig (default: --devices)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="soak duration")
+    args = parser.parse_args(argv)
+    with county_rig(args.boards or args.devices, "redis", 300) as rig:
+        s = soak(rig, devices=args.devices, minutes=args.minutes)
+        mosquitto_log = (rig.home / "mosquitto.log").read_text("utf-8", errors="replace")
+    lists = ("first", "last", "rss_first", "rss_last")
+    out = {k: v for k, v in s.__dict__.items() if k not in lists}
+    out |= {
+        "first_notice_p99_s": percentile(s.first, 99),
+        "last_notice_p99_s": percentile(s.last, 99),
+        "p99_ratio": percentile(s.last, 99) / percentile(s.first, 99),
+        "rss_ratio": statistics.median(s.rss_last) / statistics.median(s.rss_first),
+        "mosquitto_dropping": [ln for ln in mosquitto_log.splitlines() if "dropped" in ln],
+    }
+    print(json.dumps(out, indent=1))
+    return 0 if s.undelivered == 0 and s.dropped_before == s.dropped_after else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
