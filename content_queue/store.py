@@ -115,6 +115,25 @@ STATUS_LABELS: dict[str, Text] = {
 }
 
 
+ATTEMPT_OUTCOME_LABELS: dict[str, Text] = {
+    "sent": tr("已发出", "sent"),
+    "delivered": tr("已送达", "delivered"),
+    "retry": tr("暂时失败，稍后重试", "failed for now, will retry"),
+    "transient": tr("暂时失败，稍后重试", "failed for now, will retry"),
+    "deferred": tr("等待发送额度，不计入重试次数", "waiting for room to send, not counted"),
+    "permanent": tr("失败", "failed"),
+    "content": tr("内容不符合该渠道要求", "content refused by the channel"),
+    "config": tr("配置有误", "configuration error"),
+    "stale": tr("已由其他工作进程接手", "taken over by another worker"),
+    "lost": tr("工作进程中断", "worker stopped mid-way"),
+    "failed": tr("失败", "failed"),
+    "skipped": tr("已跳过", "skipped"),
+    "expired": tr("已过期", "expired"),
+    "cancelled": tr("已取消", "cancelled"),
+}
+"""What one attempt came to, for people (``Attempt.outcome`` holds the word)."""
+
+
 NOTICE_STATE_LABELS: dict[str, Text] = {
     "draft": tr("草稿", "draft"),
     "submitted": tr("待审核", "awaiting review"),

@@ -20,7 +20,13 @@ from content_queue.db import Attempt, Delivery, Device, DeviceCommand, Notice, P
 from content_queue.i18n import Lang, Text, tr
 from content_queue.models import CATEGORY_LABELS, PRIORITY_LABELS, Category, Priority
 from content_queue.registry import LedEndpoint, Registry, SpeakerEndpoint
-from content_queue.store import NOTICE_STATE_LABELS, STATUS_LABELS, Store, utcnow
+from content_queue.store import (
+    ATTEMPT_OUTCOME_LABELS,
+    NOTICE_STATE_LABELS,
+    STATUS_LABELS,
+    Store,
+    utcnow,
+)
 from dashboard.explain import suggested_fix
 from dashboard.scope import Scope
 
@@ -663,6 +669,12 @@ def notice_detail(
                         "started_at": a.started_at,
                         "finished_at": a.finished_at,
                         "outcome": a.outcome,
+                        "outcome_zh": _label(ATTEMPT_OUTCOME_LABELS, a.outcome, "zh")
+                        if a.outcome
+                        else None,
+                        "outcome_en": _label(ATTEMPT_OUTCOME_LABELS, a.outcome, "en")
+                        if a.outcome
+                        else None,
                         "error_code": a.error_code,
                         "error_zh": a.error_zh,
                         "error_en": a.error_en,

@@ -192,6 +192,8 @@ def test_every_page_in_english_has_no_chinese_left_but_the_data(
     notice = east.get(f"/notices/{scene.failing.id}").text
     assert "Suggested fix: " in notice and "signing key" in notice
     assert "2 attempts" in notice and "(re-sync)" in notice and 'class="retry"' in notice
+    # Each attempt's outcome in words, not the stored word ("transient", "permanent").
+    assert "· failed for now, will retry ·" in notice and "· failed ·" in notice
     assert "Withdraw notice" in notice and "Delivered/acked" in notice
     assert "Recall (clear the board" in east.get(f"/notices/{scene.withdrawn.id}").text
     assert "revision 2" in east.get(f"/notices/{scene.old.id}").text
@@ -217,6 +219,9 @@ def test_chinese_stays_the_default(county: County, scene: Scene) -> None:
     assert "投递总览" in east.get("/overview").text
     assert "建议：" in east.get("/failures").text
     assert "3 小时 0 分" in east.get("/failures").text
+    notice = east.get(f"/notices/{scene.failing.id}").text
+    assert "· 暂时失败，稍后重试 ·" in notice and "· 失败 ·" in notice
+    assert "transient" not in notice and "permanent" not in notice
     # English, then Chinese again on request; the cookie follows.
     assert "Delivery overview" in east.get("/overview", params={"lang": "en"}).text
     back = east.get("/overview", params={"lang": "zh"})
