@@ -115,6 +115,13 @@ STATUS_LABELS: dict[str, Text] = {
 }
 
 
+SHOWING_KEPT = 50
+"""Command ids kept per device as what it shows, the newest last. A board may hold more (a
+rotation of unexpired notices); the list grew with every notice before, and with it the
+write of each ack (the 10-minute soak: each board's list reached 600 ids and the ack path
+slowed all along, docs/performance.md)."""
+
+
 ATTEMPT_OUTCOME_LABELS: dict[str, Text] = {
     "sent": tr("已发出", "sent"),
     "delivered": tr("已送达", "delivered"),
@@ -1776,7 +1783,7 @@ class Store:
                 dev = s.get(Device, device_id, with_for_update=True)
                 if dev is not None and status == "shown":
                     showing = [c for c in (dev.showing or []) if c != command_id]
-                    dev.showing = [*showing, command_id]
+                    dev.showing = [*showing, command_id][-SHOWING_KEPT:]
                     dev.updated_at = now
                 elif dev is not None and status == "cleared" and dev.showing:
                     # A clear names the notice: whatever the board showed of it is gone.
@@ -1901,7 +1908,7 @@ class Store:
                     continue
                 if a.status == "shown" and a.device_id in showing:
                     current = [c for c in showing[a.device_id] if c != a.command_id]
-                    showing[a.device_id] = [*current, a.command_id]
+                    showing[a.device_id] = [*current, a.command_id][-SHOWING_KEPT:]
                     devices_changed.add(a.device_id)
                 if status[delivery] == S.SENT:
                     status[delivery] = S.DELIVERED
@@ -1971,7 +1978,7 @@ class Store:
                 dev.firmware = firmware
             dev.capabilities = list(capabilities)
             if state == "online":
-                dev.showing = list(showing)
+                dev.showing = list(showing)[-SHOWING_KEPT:]
             if changed or fresh_boot:
                 s.add(PresenceEvent(device_id=device_id, state=state, at=at, fresh_boot=fresh_boot))
 

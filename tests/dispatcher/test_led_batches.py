@@ -204,3 +204,53 @@ def test_listener_waits_out_a_database_that_is_briefly_unreachable(
     failures["left"] = 10
     listener.handle_many([(f"{PREFIX}/dev/led-a/ack", _ack("led-a", a), False)])
     assert failures["left"] == 10 - 4
+
+
+def test_what_a_board_shows_is_kept_to_the_newest_commands(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Every ``shown`` ack rewrites the board's list: were it to keep every command it was
+    ever sent, each ack would cost more than the last (the soak's slowing ack path)."""
+    from content_queue.store import SHOWING_KEPT
+
+    settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
+    store = Store(f"sqlite:///{tmp_path / 'vc.db'}")
+    request.addfinalizer(store.engine.dispose)
+    request.addfinalizer(store.read_engine.dispose)
+    total = SHOWING_KEPT + 15
+    _, deliveries = store.add_notice(
+        build_notice(
+            {
+                "title": "停电通知",
+                "body": "明天停电。",
+                "category": "emergency",
+                "targets": {"county": True},
+            }
+        ),
+        [PlannedDelivery(f"e{i}", "led", "v", "t") for i in range(total)],
+    )
+    claims = store.claim([d.id for d in deliveries], worker="w", lease_seconds=60, max_attempts=3)
+    now = utcnow()
+    store.record_commands(
+        [
+            NewCommand(f"vc-{c.delivery.id}", c.delivery.id, "led-a", "led.show", now, now)
+            for c in claims
+        ]
+    )
+    store.finish_chunk([(c, Outcome("sent")) for c in claims], max_attempts=3)
+    ids = [f"vc-{d.id}" for d in deliveries]
+    listener = DeviceListener(settings, store, client_id="test")
+    listener.handle_many([(f"{PREFIX}/dev/led-a/state", _state("led-a", "online"), False)])
+    # A batch of acks (the path of a fan-out), then one more on its own (a rejection or a
+    # clear in between sends the rest through record_ack one by one).
+    listener.handle_many([(f"{PREFIX}/dev/led-a/ack", _ack("led-a", c), False) for c in ids[:-1]])
+    store.record_ack(
+        device_id="led-a", command_id=ids[-1], status="shown", reason=None, detail=None
+    )
+    (board,) = store.devices()
+    assert board.showing == ids[-SHOWING_KEPT:]
+    assert {d.status for d in store.deliveries(ids=[d.id for d in deliveries])} == {"delivered"}
+    # A board reporting a longer list when it comes online is kept to the newest too.
+    store.record_presence(device_id="led-a", state="online", at=utcnow(), showing=ids)
+    (board,) = store.devices()
+    assert board.showing == ids[-SHOWING_KEPT:]
