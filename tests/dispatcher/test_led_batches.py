@@ -58,8 +58,11 @@ def _state(device: str, state: str) -> bytes:
     )
 
 
-def test_listener_records_a_burst_in_order(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
+def _sent(
+    tmp_path: Path, request: pytest.FixtureRequest, boards: list[str]
+) -> tuple[Store, list[str]]:
+    """A store with one emergency sent to each of ``boards`` (a board may appear more than
+    once: one command each), awaiting acks; returns the store and the command ids."""
     store = Store(f"sqlite:///{tmp_path / 'vc.db'}")
     request.addfinalizer(store.engine.dispose)
     request.addfinalizer(store.read_engine.dispose)
@@ -72,18 +75,28 @@ def test_listener_records_a_burst_in_order(tmp_path: Path, request: pytest.Fixtu
                 "targets": {"county": True},
             }
         ),
-        [PlannedDelivery(f"{b}-led", "led", b, "t") for b in "abc"],
+        [PlannedDelivery(f"e{i}-led", "led", "v", "t") for i in range(len(boards))],
     )
     claims = store.claim([d.id for d in deliveries], worker="w", lease_seconds=60, max_attempts=3)
     now = utcnow()
     store.record_commands(
         [
-            NewCommand(f"vc-{c.delivery.id}", c.delivery.id, f"led-{b}", "led.show", now, now)
-            for c, b in zip(claims, "abc", strict=True)
+            NewCommand(f"vc-{c.delivery.id}", c.delivery.id, board, "led.show", now, now)
+            for c, board in zip(claims, boards, strict=True)
         ]
     )
     store.finish_chunk([(c, Outcome("sent")) for c in claims], max_attempts=3)
-    a, b, c = (f"vc-{c.delivery.id}" for c in claims)
+    return store, [f"vc-{d.id}" for d in deliveries]
+
+
+def _statuses(store: Store, command_ids: list[str]) -> list[str]:
+    ids = [int(c.removeprefix("vc-")) for c in command_ids]
+    return [d.status for d in store.deliveries(ids=ids)]
+
+
+def test_listener_records_a_burst_in_order(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
+    store, (a, b, c) = _sent(tmp_path, request, ["led-a", "led-b", "led-c"])
     listener = DeviceListener(settings, store, client_id="test")
     listener.handle_many(
         [
@@ -97,19 +110,15 @@ def test_listener_records_a_burst_in_order(tmp_path: Path, request: pytest.Fixtu
             (f"{PREFIX}/dev/led-a/state", _state("led-a", "online"), False),
         ]
     )
-    assert [d.status for d in store.deliveries(ids=[d.id for d in deliveries])] == [
-        "delivered",
-        "delivered",
-        "failed",
-    ]
-    (failed,) = store.deliveries(ids=[deliveries[2].id])
+    assert _statuses(store, [a, b, c]) == ["delivered", "delivered", "failed"]
+    (failed,) = store.deliveries(ids=[int(c.removeprefix("vc-"))])
     assert failed.error_code == "device_unknown_key"
     # handled in arrival order: the later presence replaced what the ack had recorded
     (board_a,) = [d for d in store.devices() if d.device_id == "led-a"]
     assert board_a.state == "online" and board_a.showing == []
     (board_b,) = [d for d in store.devices() if d.device_id == "led-b"] or [None]
     assert board_b is None  # never announced itself: no device row to update
-    assert store.commands_for(deliveries[0].id)[0]["ack_status"] == "shown"
+    assert store.commands_for(int(a.removeprefix("vc-")))[0]["ack_status"] == "shown"
 
 
 def _county(n: int) -> Registry:
@@ -153,29 +162,7 @@ def test_listener_waits_out_a_database_that_is_briefly_unreachable(
     from content_queue.i18n import tr
 
     settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
-    store = Store(f"sqlite:///{tmp_path / 'vc.db'}")
-    request.addfinalizer(store.engine.dispose)
-    request.addfinalizer(store.read_engine.dispose)
-    _, deliveries = store.add_notice(
-        build_notice(
-            {
-                "title": "停电通知",
-                "body": "明天停电。",
-                "category": "emergency",
-                "targets": {"county": True},
-            }
-        ),
-        [PlannedDelivery(f"{b}-led", "led", b, "t") for b in "ab"],
-    )
-    claims = store.claim([d.id for d in deliveries], worker="w", lease_seconds=60, max_attempts=3)
-    now = utcnow()
-    store.record_commands(
-        [
-            NewCommand(f"vc-{c.delivery.id}", c.delivery.id, f"led-{b}", "led.show", now, now)
-            for c, b in zip(claims, "ab", strict=True)
-        ]
-    )
-    store.finish_chunk([(c, Outcome("sent")) for c in claims], max_attempts=3)
+    store, (a, b) = _sent(tmp_path, request, ["led-a", "led-b"])
     real = store.record_acks
     failures = {"left": 2}
 
@@ -188,7 +175,6 @@ def test_listener_waits_out_a_database_that_is_briefly_unreachable(
     monkeypatch.setattr(store, "record_acks", flaky)
     monkeypatch.setattr(acks_module, "STORE_RETRY_DELAYS", (0.01, 0.01, 0.01))
     listener = DeviceListener(settings, store, client_id="test")
-    a, b = (f"vc-{d.id}" for d in deliveries)
     listener.handle_many(
         [
             (f"{PREFIX}/dev/led-a/ack", _ack("led-a", a), False),
@@ -196,10 +182,7 @@ def test_listener_waits_out_a_database_that_is_briefly_unreachable(
         ]
     )
     assert failures["left"] == 0
-    assert [d.status for d in store.deliveries(ids=[d.id for d in deliveries])] == [
-        "delivered",
-        "delivered",
-    ]
+    assert _statuses(store, [a, b]) == ["delivered", "delivered"]
     # An outage longer than the retries: logged, left to the sweeper, the listener goes on.
     failures["left"] = 10
     listener.handle_many([(f"{PREFIX}/dev/led-a/ack", _ack("led-a", a), False)])
@@ -214,31 +197,7 @@ def test_what_a_board_shows_is_kept_to_the_newest_commands(
     from content_queue.store import SHOWING_KEPT
 
     settings = Settings(home=tmp_path / "home", mqtt_prefix=PREFIX)
-    store = Store(f"sqlite:///{tmp_path / 'vc.db'}")
-    request.addfinalizer(store.engine.dispose)
-    request.addfinalizer(store.read_engine.dispose)
-    total = SHOWING_KEPT + 15
-    _, deliveries = store.add_notice(
-        build_notice(
-            {
-                "title": "停电通知",
-                "body": "明天停电。",
-                "category": "emergency",
-                "targets": {"county": True},
-            }
-        ),
-        [PlannedDelivery(f"e{i}", "led", "v", "t") for i in range(total)],
-    )
-    claims = store.claim([d.id for d in deliveries], worker="w", lease_seconds=60, max_attempts=3)
-    now = utcnow()
-    store.record_commands(
-        [
-            NewCommand(f"vc-{c.delivery.id}", c.delivery.id, "led-a", "led.show", now, now)
-            for c in claims
-        ]
-    )
-    store.finish_chunk([(c, Outcome("sent")) for c in claims], max_attempts=3)
-    ids = [f"vc-{d.id}" for d in deliveries]
+    store, ids = _sent(tmp_path, request, ["led-a"] * (SHOWING_KEPT + 15))
     listener = DeviceListener(settings, store, client_id="test")
     listener.handle_many([(f"{PREFIX}/dev/led-a/state", _state("led-a", "online"), False)])
     # A batch of acks (the path of a fan-out), then one more on its own (a rejection or a
@@ -249,7 +208,7 @@ def test_what_a_board_shows_is_kept_to_the_newest_commands(
     )
     (board,) = store.devices()
     assert board.showing == ids[-SHOWING_KEPT:]
-    assert {d.status for d in store.deliveries(ids=[d.id for d in deliveries])} == {"delivered"}
+    assert set(_statuses(store, ids)) == {"delivered"}
     # A board reporting a longer list when it comes online is kept to the newest too.
     store.record_presence(device_id="led-a", state="online", at=utcnow(), showing=ids)
     (board,) = store.devices()
