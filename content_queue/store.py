@@ -1979,8 +1979,21 @@ class Store:
             dev.capabilities = list(capabilities)
             if state == "online":
                 dev.showing = list(showing)[-SHOWING_KEPT:]
-            if changed or fresh_boot:
+            if changed:
                 s.add(PresenceEvent(device_id=device_id, state=state, at=at, fresh_boot=fresh_boot))
+            elif fresh_boot:
+                # Another listener recorded this same coming online first (the device row is
+                # locked, so one of them sees the change): mark that event, do not add one.
+                last = s.scalars(
+                    select(PresenceEvent)
+                    .where(PresenceEvent.device_id == device_id)
+                    .order_by(PresenceEvent.id.desc())
+                    .limit(1)
+                ).first()
+                if last is not None and last.state == state:
+                    last.fresh_boot = True
+                else:
+                    s.add(PresenceEvent(device_id=device_id, state=state, at=at, fresh_boot=True))
 
     def devices(self) -> list[DeviceView]:
         with self.session(readonly=True) as s:
